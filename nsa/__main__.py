@@ -1,0 +1,3 @@
+from nsa.cli import main
+
+raise SystemExit(main())

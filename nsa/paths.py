@@ -1,0 +1,24 @@
+"""Where things live on disk: the data dir, the cache dir, the embedded demo assets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = PROJECT_ROOT / "nsa" / "demo"
+DEMO_MODEL_DIR = DEMO_DIR / "model"
+DEMO_DATA_DIR = DEMO_DIR / "data"
+
+
+def data_dir() -> Path | None:
+    """Local datasets folder (`NSA_DATA_DIR`), or None when unset. JSONL layout: `<name>/<split>.jsonl`."""
+    value = os.environ.get("NSA_DATA_DIR")
+    return Path(value).expanduser().resolve() if value else None
+
+
+def cache_dir() -> Path:
+    """Root of runs, dense results, calibration sets and the job store (`NSA_CACHE_DIR`, default `cache/`)."""
+    value = os.environ.get("NSA_CACHE_DIR")
+    path = Path(value).expanduser() if value else PROJECT_ROOT / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path.resolve()
