@@ -1,0 +1,140 @@
+"""`python -m nsa prune`: reproduces the reference masks; every bad input is a clear error, exit 2, fast."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from nsa.cli import main
+
+ROOT_ARGS = ["prune", "--method", "wanda", "--sparsity", "0.5"]
+
+
+def _ref_args(reference_dir, out, *extra):
+    return ["prune", "--model", str(reference_dir / "model"), "--calib-tokens",
+            str(reference_dir / "calib.safetensors"), "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("method,pattern,fname", [("wanda", "unstructured", "unstructured"),
+                                                  ("sparsegpt", "2:4", "2of4"), ("ria", "unstructured", "unstructured")])
+def test_cli_reproduces_reference(reference_dir, tmp_path, method, pattern, fname):
+    out = tmp_path / "run"
+    assert main(_ref_args(reference_dir, out, "--method", method, "--pattern", pattern, "--save-weights")) == 0
+    masks = load_file(str(out / "masks.safetensors"))
+    ref = load_file(str(reference_dir / "masks" / f"{method}__{fname}.safetensors"))
+    same = sum(int((masks[k] == ref[k]).sum()) for k in ref) / sum(v.numel() for v in ref.values())
+    assert set(masks) == set(ref) and same >= (0.999 if method == "sparsegpt" else 1.0)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["config"]["method"] == method and stats["config"]["pattern"] == pattern
+    assert len(stats["layer_times_s"]) == 2 and "versions" in stats
+    weights = load_file(str(out / "weights.safetensors"))
+    assert set(weights) == set(masks)
+    for k in masks:
+        assert torch.all(weights[k][masks[k].bool()] == 0)
+
+
+def test_cli_save_model_loads_pruned(stories_dir, tmp_path):
+    calib = tmp_path / "calib.safetensors"
+    save_file({"input_ids": torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))}, str(calib))
+    out = tmp_path / "run"
+    assert main(["prune", "--model", str(stories_dir), "--calib-tokens", str(calib), "--method", "magnitude",
+                 "--group", "row", "--out", str(out), "--save-model"]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    AutoTokenizer.from_pretrained(out / "model")
+    masks = load_file(str(out / "masks.safetensors"))
+    params = dict(model.named_parameters())
+    for k, m in masks.items():
+        assert torch.all(params[k][m.bool()] == 0)
+        assert torch.all(m.sum(1) == m.shape[1] // 2)  # --group row took effect
+
+
+def _calib_file(tmp_path, tensor):
+    path = tmp_path / "c.safetensors"
+    save_file({"input_ids": tensor}, str(path))
+    return str(path)
+
+
+def _no_layers_model(tmp_path):
+    import transformers as tf
+    cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=0, num_attention_heads=4,
+                         vocab_size=1000)
+    path = tmp_path / "nolayers"
+    tf.LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+BAD = {
+    "missing_path": (lambda r, t: ["--model", str(t / "nope"), "--calib-tokens", str(r / "calib.safetensors")],
+                     "does not exist"),
+    "uncached_hub_id": (lambda r, t: ["--model", "nobody/not-a-cached-model", "--calib-tokens",
+                                      str(r / "calib.safetensors")], "not in the local Hugging Face cache"),
+    "sparsity_high": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                    "--sparsity", "1.0"], r"outside \[0, 1\)"),
+    "sparsity_negative": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                        "--sparsity", "-0.2"], r"outside \[0, 1\)"),
+    "n_ge_m": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                             "--pattern", "4:4"], "0 < N < M"),
+    "d_in_not_divisible": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
+                                         str(r / "calib.safetensors"), "--pattern", "2:7"], "not divisible by M=7"),
+    "shorter_than_seqlen": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
+                                          str(r / "calib.safetensors"), "--seqlen", "65"], "shorter than --seqlen"),
+    "empty": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
+                            _calib_file(t, torch.zeros(0, 8, dtype=torch.long))], "non-empty"),
+    "wrong_dtype": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
+                                  _calib_file(t, torch.zeros(2, 8, dtype=torch.float32))], "int64"),
+    "out_of_vocab": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
+                                   _calib_file(t, torch.full((2, 8), 5000, dtype=torch.long))], "vocabulary"),
+    "nsamples_zero": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                    "--nsamples", "0"], "at least 1"),
+    "no_decoder_layers": (lambda r, t: ["--model", _no_layers_model(t), "--calib-tokens",
+                                        str(r / "calib.safetensors")], "no decoder layers"),
+    "unknown_method": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                     "--method", "obs"], "gblm, magnitude, ria, sparsegpt, wanda"),
+    "foreign_option": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                     "--percdamp", "0.1"], "has no option"),
+    "no_calibration": (lambda r, t: ["--model", str(r / "model")], "needs calibration"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input(case, reference_dir, tmp_path, capsys):
+    build, match = BAD[case]
+    args = ROOT_ARGS + build(reference_dir, tmp_path) + ["--out", str(tmp_path / "out")]
+    t0 = time.perf_counter()
+    assert main(args) == 2
+    assert time.perf_counter() - t0 < 5
+    import re
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(match, last), err
+    assert not (tmp_path / "out" / "masks.safetensors").exists()
+
+
+def test_bad_input_subprocess_is_fast(tmp_path):
+    """A fresh process (imports included) answers a bad sparsity and a missing folder in < 5 s."""
+    for extra in (["--sparsity", "1.5", "--model", "x"], ["--model", str(tmp_path / "missing")]):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "nsa", *ROOT_ARGS, *extra, "--out", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+        assert time.perf_counter() - t0 < 5
+
+
+def test_cli_calibration_source(stories_dir, tmp_path):
+    """--calibration goes through nsa.calibration.build_calibration (real c4 rows from ../shared/data)."""
+    out = tmp_path / "run"
+    assert main(["prune", "--model", str(stories_dir), "--method", "wanda", "--calibration", "c4",
+                 "--nsamples", "2", "--seqlen", "32", "--out", str(out)]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["calibration"]["source"] == "c4" and stats["calibration_shape"] == [2, 32]
+
+
+def test_cli_calibration_and_tokens_exclusive(reference_dir, tmp_path, capsys):
+    assert main(_ref_args(reference_dir, tmp_path, "--method", "wanda", "--calibration", "c4")) == 2
+    assert "not both" in capsys.readouterr().err

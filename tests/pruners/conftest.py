@@ -1,0 +1,46 @@
+"""Tiny models of every supported family, built from configs (random weights, seeded)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def tiny_model(family: str):
+    import transformers as tf
+    torch.manual_seed(0)
+    common = dict(vocab_size=128)
+    if family == "llama":
+        cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=64, **common)
+        model = tf.LlamaForCausalLM(cfg)
+    elif family == "mistral":
+        cfg = tf.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=64, sliding_window=16, **common)
+        model = tf.MistralForCausalLM(cfg)
+    elif family == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=1, max_position_embeddings=64, **common)
+        model = tf.Qwen2ForCausalLM(cfg)
+    elif family == "opt":
+        cfg = tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                           word_embed_proj_dim=32, max_position_embeddings=64, **common)
+        model = tf.OPTForCausalLM(cfg)
+    elif family == "gpt2":
+        cfg = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
+        model = tf.GPT2LMHeadModel(cfg)
+    elif family == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               max_position_embeddings=64, **common)
+        model = tf.GPTNeoXForCausalLM(cfg)
+    else:
+        raise KeyError(family)
+    return model.eval()
+
+
+FAMILY_NAMES = ["llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox"]
+
+
+@pytest.fixture
+def calib_ids():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 128, (4, 16), generator=g)
