@@ -1,0 +1,444 @@
+"""Task evaluation on lm-evaluation-harness, dense beside pruned, example by example.
+
+`evaluate` runs registered tasks through `lm_eval.simple_evaluate` with an `HFLM` around the in-memory model
+(`log_samples=True`), over local task variants generated at run time (`nsa.harness`). Perplexity tasks
+(wikitext2, c4) go through `nsa.perplexity`. Outputs in `out_dir`:
+
+- `summary.json`: per task `acc` (and `acc_norm` where the harness task has it), `n`, the harness's
+  `acc_stderr`, a 95% Wilson score interval `acc_ci95`, `n_truncated` (examples whose prompt was cut from
+  the left to fit the model's context), the prompt and data file; timings and versions.
+- `<task>.jsonl`: one record per example from the harness's sample log: `index` (row of the task's split),
+  `gold`, `prediction` (argmax of the log-likelihoods), `loglik` (one per choice), `correct` (the harness's
+  acc), `truncated`, and for acc_norm tasks `prediction_norm` / `correct_norm`.
+
+`compare(dense_dir, pruned_dir)` gives the accuracy drop with a paired 95% interval and the flips both
+ways; `dense_evaluation` computes dense results once per (model, task, prompt + rows, limit) under
+`cache_dir()/dense/<model_key>/eval/` and reuses them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from nsa import datasets as D
+from nsa.atomic import atomic_dir, write_json, write_jsonl
+from nsa.errors import NSAError
+from nsa.paths import cache_dir
+
+DEFAULT_BATCH_SIZE = 16
+EVAL_FORMAT = 1  # bump when records / summaries change meaning (invalidates cached dense results)
+Z95 = 1.959963984540054
+
+
+@dataclass
+class ProgressEvent:
+    """What progress callbacks receive (same fields as the pruning engine's events)."""
+
+    fraction: float
+    message: str
+    stage: str = ""
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+def resolve_tasks(tasks: str | D.TaskSpec | list) -> list[D.TaskSpec]:
+    """"sst2,imdb" / ["sst2", spec] -> specs (unknown names raise NSAError listing the known ones)."""
+    if isinstance(tasks, (str, D.TaskSpec)):
+        tasks = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [tasks]
+    specs = [D.get_task(t) for t in tasks if not (isinstance(t, str) and not t)]
+    if not specs:
+        raise NSAError(f"no tasks given; choose from {', '.join(D.list_tasks())}")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise NSAError(f"task listed twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return specs
+
+
+def evaluate(model, tokenizer, tasks, limit: int | None = None, out_dir: str | Path | None = None,
+             progress: Callable | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+             max_length: int | None = None, masks: Any = None, weights: Any = None, online: bool = False,
+             ppl_seqlen: int | None = None) -> dict:
+    """Evaluate `model` on `tasks` through the harness; returns the summary (and writes it to `out_dir`).
+
+    `masks` (a path to masks.safetensors or a dict) are applied to a copy of the model (`nsa.masks`),
+    leaving `model` dense. `max_length` overrides the context length (default: the model's
+    max_position_embeddings); longer examples are truncated from the left and counted. `online=True`
+    runs the harness's own registered tasks (needs the hub) instead of the local variants.
+    """
+    summary, records = run_evaluation(model, tokenizer, tasks, limit, progress, batch_size, max_length, masks,
+                                      weights, online, ppl_seqlen)
+    if out_dir is not None:
+        write_outputs(out_dir, summary, records)
+    return summary
+
+
+def run_evaluation(model, tokenizer, tasks, limit: int | None = None, progress: Callable | None = None,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, masks: Any = None,
+                   weights: Any = None, online: bool = False,
+                   ppl_seqlen: int | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """`evaluate` without writing: (summary, {task: records})."""
+    specs = resolve_tasks(tasks)
+    D.check_limit(limit)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise NSAError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if masks is not None:
+        model = _masked_copy(model, masks, weights)
+    report = _Reporter(progress)
+    started = time.time()
+    choice_specs = [s for s in specs if s.kind != "perplexity"]
+    ppl_specs = [s for s in specs if s.kind == "perplexity"]
+    summary: dict[str, Any] = {"model": _model_name(model), "limit": limit, "batch_size": batch_size,
+                               "masks": str(masks) if isinstance(masks, (str, Path)) else bool(masks),
+                               "tasks": {}, "timing": {}, "versions": _versions(), "format": EVAL_FORMAT}
+    records: dict[str, list[dict]] = {}
+    if choice_specs:
+        span = len(choice_specs) / len(specs)
+        entries, recs, timing = _run_harness(model, tokenizer, choice_specs, limit, batch_size, max_length,
+                                             online, report.scaled(0.0, span))
+        summary["tasks"].update(entries)
+        records.update(recs)
+        summary["timing"].update(timing)
+    for k, spec in enumerate(ppl_specs):
+        from nsa.perplexity import perplexity
+
+        lo = (len(choice_specs) + k) / len(specs)
+        result = perplexity(model, tokenizer, spec.name, seqlen=ppl_seqlen, batch_size=1, max_windows=limit,
+                            progress=report.scaled(lo, lo + 1 / len(specs)))
+        window_nll = result.pop("window_nll")
+        summary["tasks"][spec.name] = {"task": spec.name, "kind": spec.kind, "group": spec.group, **result,
+                                       "n": result["n_windows"], "metric": "ppl"}
+        records[spec.name] = [{"index": i, "nll": v} for i, v in enumerate(window_nll)]
+    summary["timing"]["total_s"] = time.time() - started
+    summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    report(1.0, "evaluation done")
+    return summary, records
+
+
+def write_outputs(out_dir: str | Path, summary: dict, records: dict[str, list[dict]]) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in records.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    write_json(out / "summary.json", summary)
+
+
+def _run_harness(model, tokenizer, specs, limit, batch_size, max_length, online, report):
+    from nsa import harness
+
+    if online and any(s.harness_task is None for s in specs):
+        raise NSAError("online=True runs the harness's own tasks; these have none: "
+                       + ", ".join(s.name for s in specs if s.harness_task is None))
+    rows = {} if online else {s.name: D.load_examples(s, limit=limit) for s in specs}
+    report(0.0, "starting lm-evaluation-harness")
+    t0 = time.time()
+    with _quiet_harness():
+        import lm_eval
+
+        lm = harness.make_lm(model, tokenizer, batch_size, max_length,
+                             on_batch=lambda done, total: report(0.05 + 0.95 * done / max(total, 1),
+                                                                 f"{done}/{total} sequences"))
+        configs = harness.harness_configs(specs, rows, online=online)
+        manager = None if online else harness.task_manager()
+        harness.memoize_env_info()
+        startup = time.time() - t0
+        t1 = time.time()
+        # zero-shot log-likelihood scoring needs no seeding: leave the caller's generators alone
+        out = lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=manager, log_samples=True,
+                                      bootstrap_iters=1000, limit=limit if online else None, random_seed=None,
+                                      numpy_random_seed=None, torch_random_seed=None)
+    elapsed = time.time() - t1
+    entries, recs = {}, {}
+    for spec, config in zip(specs, configs):
+        hname = spec.harness_task if online else config["task"]
+        recs[spec.name] = _records(spec, out["samples"][hname], lm.nsa_log.truncated, online)
+        entries[spec.name] = _task_entry(spec, out["results"][hname], recs[spec.name], lm.max_length, limit,
+                                         None if online else config["dataset_kwargs"]["data_files"]["test"])
+    log = lm.nsa_log
+    timing = {"harness_startup_s": startup, "harness_eval_s": elapsed, "scoring_s": log.seconds,
+              "tokens": log.tokens, "sequences": log.total,
+              "tokens_per_s": log.tokens / log.seconds if log.seconds > 0 else None}
+    return entries, recs, timing
+
+
+@contextmanager
+def _quiet_harness() -> Iterator[None]:
+    """The harness logs one warning per truncated request and per config default: keep errors only.
+    It also draws from the global `random` / numpy generators: restore the caller's states afterwards."""
+    import random
+
+    import datasets
+    import numpy as np
+
+    names = ("lm_eval", "lm-eval", "datasets")
+    old = {n: logging.getLogger(n).level for n in names}
+    bars = datasets.is_progress_bar_enabled()
+    rng = (random.getstate(), np.random.get_state())
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        random.setstate(rng[0])
+        np.random.set_state(rng[1])
+        for n, level in old.items():
+            logging.getLogger(n).setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _records(spec: D.TaskSpec, samples: list[dict], truncated: set, online: bool = False) -> list[dict]:
+    """Per-example records from the harness's sample log (sorted by the row's index)."""
+    delim = len(spec.target_delimiter)
+    out = []
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        doc = s["doc"]
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        gold = _online_gold(spec, s) if online else D.gold_for(spec, doc)
+        rec = {"index": int(doc.get("index", s["doc_id"])), "gold": gold, "prediction": _argmax(lls),
+               "loglik": lls, "correct": bool(s["acc"] == 1.0),
+               "truncated": any(tuple(a) in truncated for a in s["arguments"])}
+        if spec.kind == "classification":
+            rec["prediction_label"] = spec.label_names[rec["prediction"]]
+        if "acc_norm" in s:  # the harness normalises by the choice's length in characters
+            lengths = [len(a[1]) - delim for a in s["arguments"]]
+            rec["prediction_norm"] = _argmax([ll / n for ll, n in zip(lls, lengths)])
+            rec["correct_norm"] = bool(s["acc_norm"] == 1.0)
+        out.append(rec)
+    return out
+
+
+def _online_gold(spec: D.TaskSpec, sample: dict) -> int | None:
+    """Gold index of a hub row scored by the harness's own task (its doc_to_target, or the winogrande answer)."""
+    target = sample.get("target")
+    if spec.partial:
+        return int(sample["doc"]["answer"]) - 1
+    try:
+        return int(target)
+    except (TypeError, ValueError):
+        return None
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))  # first maximum, as np.argmax
+
+
+def _task_entry(spec, results: dict, records: list[dict], max_length: int, limit, data_file) -> dict:
+    n = len(records)
+    entry: dict[str, Any] = {"task": spec.name, "kind": spec.kind, "group": spec.group, "n": n,
+                             "harness_task": results.get("alias", ""), "harness_registered_task": spec.harness_task,
+                             "synthetic": spec.synthetic}
+    for metric in spec.metrics:
+        value = results.get(f"{metric},none")
+        stderr = results.get(f"{metric}_stderr,none")
+        correct_key = "correct" if metric == "acc" else "correct_norm"
+        k = sum(r[correct_key] for r in records)
+        entry[metric] = value
+        entry[f"{metric}_stderr"] = stderr if isinstance(stderr, (int, float)) else None
+        entry[f"{metric}_ci95"] = list(wilson_interval(k, n))
+    golds = [r["gold"] for r in records]
+    entry.update({
+        "ci_method": "Wilson score 95% interval on the accuracy; *_stderr is the harness's standard error",
+        "n_truncated": sum(r["truncated"] for r in records), "max_length": max_length, "limit": limit,
+        "prompt": spec.prompt, "choices": list(spec.label_names) or "per example", "data_file": data_file,
+        "majority_baseline": max(golds.count(g) for g in set(golds)) / n if n else None,
+    })
+    return entry
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials (well-behaved at 0 and n, unlike Wald)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class _Reporter:
+    """Maps sub-step fractions into the caller's progress callback."""
+
+    def __init__(self, progress: Callable | None, lo: float = 0.0, hi: float = 1.0):
+        self.progress, self.lo, self.hi = progress, lo, hi
+
+    def __call__(self, fraction: float | ProgressEvent, message: str = "") -> None:
+        if isinstance(fraction, ProgressEvent):
+            fraction, message = fraction.fraction, fraction.message
+        if self.progress is not None:
+            value = self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0)
+            self.progress(ProgressEvent(fraction=value, message=message, stage="evaluation"))
+
+    def scaled(self, lo: float, hi: float) -> "_Reporter":
+        span = self.hi - self.lo
+        return _Reporter(self.progress, self.lo + span * lo, self.lo + span * hi)
+
+
+def _model_name(model) -> str:
+    return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("lm_eval", "torch", "transformers", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _masked_copy(model, masks, weights):
+    try:
+        from nsa.masks import load_masks, pruned_copy
+    except ImportError as err:
+        raise NSAError(f"evaluating with masks needs nsa.masks, which is not available ({err})") from None
+    if isinstance(masks, (str, Path)):
+        masks = load_masks(masks)
+    if isinstance(weights, (str, Path)):  # SparseGPT's updated weights: plain tensors, no mask checks
+        from safetensors.torch import load_file
+
+        weights = load_file(str(weights))
+    return pruned_copy(model, masks, weights)
+
+
+# --- reading results ----------------------------------------------------------------------------------
+def load_summary(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise NSAError(f"{path} does not exist: not an evaluation folder (run `python -m nsa evaluate` first)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_records(run_dir: str | Path, task: str) -> list[dict]:
+    path = Path(run_dir) / f"{task}.jsonl"
+    if not path.is_file():
+        raise NSAError(f"{path} does not exist: task {task!r} was not evaluated in {run_dir}")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+# --- compare ------------------------------------------------------------------------------------------
+def compare(dense_dir: str | Path, pruned_dir: str | Path, out_path: str | Path | None = None) -> dict:
+    """Dense vs pruned on the tasks both evaluated, matched example by example (by `index`).
+
+    Accuracy drop = dense acc - pruned acc on the shared examples, with a paired 95% normal interval on
+    the per-example differences, McNemar's exact p-value, and the flips: indices the dense model got right
+    and the pruned one wrong (`lost`) and the reverse (`gained`). Perplexity tasks give both ppl and ratio.
+    """
+    dense, pruned = load_summary(dense_dir), load_summary(pruned_dir)
+    shared = [t for t in dense["tasks"] if t in pruned["tasks"]]
+    if not shared:
+        raise NSAError(f"{dense_dir} and {pruned_dir} have no task in common "
+                       f"({', '.join(dense['tasks'])} vs {', '.join(pruned['tasks'])})")
+    result = {"dense_dir": str(dense_dir), "pruned_dir": str(pruned_dir), "tasks": {},
+              "ci_method": "paired normal 95% interval on per-example correctness differences"}
+    for task in shared:
+        if dense["tasks"][task].get("kind") == "perplexity":
+            d, p = dense["tasks"][task]["ppl"], pruned["tasks"][task]["ppl"]
+            result["tasks"][task] = {"kind": "perplexity", "dense_ppl": d, "pruned_ppl": p, "ppl_ratio": p / d}
+            continue
+        result["tasks"][task] = _compare_records(load_records(dense_dir, task), load_records(pruned_dir, task))
+    if out_path is not None:
+        write_json(out_path, result)
+    return result
+
+
+def _compare_records(dense: list[dict], pruned: list[dict]) -> dict:
+    d = {r["index"]: r for r in dense}
+    p = {r["index"]: r for r in pruned}
+    common = sorted(set(d) & set(p))
+    n = len(common)
+    if n == 0:
+        raise NSAError("dense and pruned records share no example index (different data or limits)")
+    diffs = [int(d[i]["correct"]) - int(p[i]["correct"]) for i in common]
+    drop = sum(diffs) / n
+    var = sum((x - drop) ** 2 for x in diffs) / (n - 1) if n > 1 else 0.0
+    half = Z95 * math.sqrt(var / n)
+    lost = [i for i in common if d[i]["correct"] and not p[i]["correct"]]
+    gained = [i for i in common if p[i]["correct"] and not d[i]["correct"]]
+    changed = [i for i in common if d[i]["prediction"] != p[i]["prediction"]]
+    dense_acc = sum(d[i]["correct"] for i in common) / n
+    return {"kind": "accuracy", "n": n, "dense_acc": dense_acc, "pruned_acc": dense_acc - drop,
+            "drop": drop, "drop_ci95": [drop - half, drop + half], "relative_drop": drop / dense_acc if dense_acc else None,
+            "lost": lost, "gained": gained, "n_lost": len(lost), "n_gained": len(gained),
+            "prediction_changed": len(changed), "mcnemar_p": mcnemar_exact(len(lost), len(gained)),
+            "only_in_dense": len(set(d) - set(p)), "only_in_pruned": len(set(p) - set(d))}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(b, c) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+# --- dense results, computed once ---------------------------------------------------------------------
+def task_fingerprint(spec: D.TaskSpec, limit: int | None) -> str:
+    """Hash of what decides a task's results besides the model: prompt, choices, metrics and the rows."""
+    rows = D.load_examples(spec, limit=limit)
+    blob = json.dumps([EVAL_FORMAT, spec.prompt, list(spec.label_names), spec.target_delimiter,
+                       list(spec.metrics), spec.partial, rows], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def dense_folder(key: str, spec: D.TaskSpec, limit: int | None) -> Path:
+    return cache_dir() / "dense" / key / "eval" / f"{spec.name}-{limit or 'all'}-{task_fingerprint(spec, limit)}"
+
+
+def dense_evaluation(model_id: str, tasks, limit: int | None = None, out_dir: str | Path | None = None,
+                     progress: Callable | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu",
+                     dtype: str = "float32", model=None, tokenizer=None, key: str | None = None) -> dict:
+    """Dense results of `model_id` on `tasks`, each computed once per (model, task, prompt + rows, limit).
+
+    Cached per task under `cache_dir()/dense/<model_key>/eval/<task>-<limit>-<fingerprint>/`. The model is
+    loaded (`nsa.models.load_model`) only when a task is missing, unless `model`/`tokenizer` are given.
+    With `out_dir` the combined summary.json and <task>.jsonl are written there (a run's eval/dense/).
+    """
+    specs = resolve_tasks(tasks)
+    D.check_limit(limit)
+    if key is None:
+        from nsa.models import model_key
+
+        key = model_key(model_id)
+    folders = {s.name: dense_folder(key, s, limit) for s in specs}
+    missing = [s for s in specs if not (folders[s.name] / "summary.json").is_file()]
+    if missing:
+        if model is None or tokenizer is None:
+            from nsa.models import load_model
+
+            model, tokenizer = load_model(model_id, device=device, dtype=dtype)
+        fresh, records = run_evaluation(model, tokenizer, missing, limit=limit, progress=progress,
+                                        batch_size=batch_size)
+        for spec in missing:
+            with atomic_dir(folders[spec.name]) as tmp:
+                write_jsonl(tmp / f"{spec.name}.jsonl", records[spec.name])
+                write_json(tmp / "summary.json", {**fresh, "tasks": {spec.name: fresh["tasks"][spec.name]},
+                                                  "model_id": model_id, "model_key": key})
+    summary: dict[str, Any] = {"model_id": model_id, "model_key": key, "limit": limit, "tasks": {},
+                               "reused": [s.name for s in specs if s not in missing], "format": EVAL_FORMAT}
+    for spec in specs:
+        part = json.loads((folders[spec.name] / "summary.json").read_text(encoding="utf-8"))
+        summary["tasks"][spec.name] = part["tasks"][spec.name]
+        for field in ("model", "batch_size", "versions", "masks"):
+            summary.setdefault(field, part.get(field))
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for spec in specs:
+            shutil.copyfile(folders[spec.name] / f"{spec.name}.jsonl", out / f"{spec.name}.jsonl")
+        write_json(out / "summary.json", summary)
+    return summary
+
