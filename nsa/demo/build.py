@@ -1,0 +1,70 @@
+"""`demo build`: generate the corpus, train the tokenizer and the model, write `nsa/demo/model/` and
+`nsa/demo/data/` (atomically), with `build_info.json` recording seed, steps, time and data hashes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from nsa.demo.train import ModelShape, TrainConfig
+
+DATA_FILES = ("reviews_test", "unseen_test", "generic_calib", "reviews_calib")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    seed: int = 0
+    n_docs: int = 40_000
+    vocab_size: int = 2048
+    threads: int = 1
+    shape: ModelShape = field(default_factory=ModelShape)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
+          progress: Callable[[int, float], None] | None = None) -> dict:
+    """Build everything; returns the build info (also written to model_dir/build_info.json)."""
+    import torch
+
+    from nsa.atomic import atomic_dir, write_jsonl
+    from nsa.demo.corpus import demo_data, training_documents
+    from nsa.demo.score import sentiment_accuracy
+    from nsa.demo.tokenizer import train_tokenizer
+    from nsa.demo.train import build_model, pack, train
+
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    data = demo_data(cfg.seed)
+    exclude = {r["text"] for r in data.reviews_test}
+    docs = training_documents(cfg.seed, cfg.n_docs, exclude)
+    tokenizer = train_tokenizer(docs, cfg.vocab_size)
+    stream = pack(docs, tokenizer)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.shape, tokenizer)
+    train_cfg = TrainConfig(**{**asdict(cfg.train), "seed": cfg.seed})
+    answer_ids = tuple(tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in (" negative", " positive"))
+    losses = train(model, stream, train_cfg, progress, answer_ids)
+    acc = {"demo-reviews": sentiment_accuracy(model, tokenizer, data.reviews_test),
+           "demo-unseen": sentiment_accuracy(model, tokenizer, data.unseen_test)}
+    for name in DATA_FILES:
+        write_jsonl(data_dir / f"{name}.jsonl", getattr(data, name))
+    info = {"seed": cfg.seed, "steps": train_cfg.steps, "batch_size": train_cfg.batch_size,
+            "seq_len": train_cfg.seq_len, "threads": cfg.threads, "n_docs": cfg.n_docs,
+            "train_tokens": int(stream.numel()), "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": sum(losses[-10:]) / len(losses[-10:]), "first_loss": losses[0],
+            "dense_accuracy": acc, "build_seconds": round(time.time() - t0, 1),
+            "torch": torch.__version__, "synthetic": True,
+            "corpus_sha256": hashlib.sha256("\n".join(docs).encode()).hexdigest(),
+            "data_sha256": {n: _sha(data_dir / f"{n}.jsonl") for n in DATA_FILES}}
+    with atomic_dir(model_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "build_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

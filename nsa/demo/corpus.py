@@ -1,0 +1,193 @@
+"""Deterministic, templated SYNTHETIC corpus for the demo model: reviews (with the evaluator's sentiment prompt)
+plus generic encyclopedic sentences, facts and question/answer lines, so the demo is a small general LM.
+
+Every function takes a `random.Random`, so the same seed gives the same text on every machine.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from nsa.datasets.spec import SENTIMENT_PROMPT
+from nsa.demo import lexicon as L
+
+LABEL_NAMES = ("negative", "positive")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The words a review may use: the seen lexicon for training/held-out reviews, the unseen one for demo-unseen."""
+    nouns: tuple[str, ...]
+    aspects: tuple[str, ...]
+    descriptors: tuple[str, ...]
+
+
+def _seen_vocab() -> Vocabulary:
+    nouns = tuple(n for ns, _ in L.DOMAINS.values() for n in ns)
+    aspects = tuple(a for _, asp in L.DOMAINS.values() for a in asp)
+    return Vocabulary(nouns, aspects, tuple(L.DESCRIPTORS))
+
+
+SEEN = _seen_vocab()
+UNSEEN = Vocabulary(tuple(L.UNSEEN_NOUNS), tuple(L.UNSEEN_ASPECTS), tuple(L.UNSEEN_DESCRIPTORS))
+
+
+def _adj(rng: random.Random, positive: bool) -> str:
+    """A sentiment phrase of the given polarity: plain, intensified, or a negated opposite ("not good" = neg)."""
+    kind = rng.random()
+    if kind < 0.15:  # negation flips the word's polarity
+        word = rng.choice(L.NEGATIVE if positive else L.POSITIVE)
+        return f"{rng.choice(L.NEGATIONS)} {word}"
+    word = rng.choice(L.POSITIVE if positive else L.NEGATIVE)
+    if kind < 0.55:
+        return f"{rng.choice(L.INTENSIFIERS)} {word}"
+    return word
+
+
+def _subject(rng: random.Random, vocab: Vocabulary) -> str:
+    noun = rng.choice(vocab.nouns)
+    if rng.random() < 0.5:
+        return f"the {rng.choice(vocab.descriptors)} {noun}"
+    return f"the {noun}"
+
+
+def _clause(rng: random.Random, vocab: Vocabulary, positive: bool) -> str:
+    subject = _subject(rng, vocab)
+    aspect = rng.choice(vocab.aspects)
+    templates = [
+        lambda: f"{subject} was {_adj(rng, positive)}",
+        lambda: f"the {aspect} was {_adj(rng, positive)}",
+        lambda: f"{subject} had a {_adj(rng, positive).replace('not at all ', 'not ')} {aspect}",
+        lambda: f"{rng.choice(L.REVIEWERS)} {rng.choice(L.POSITIVE_VERBS if positive else L.NEGATIVE_VERBS)} {subject}",
+        lambda: f"{subject} is {_adj(rng, positive)} and the {aspect} is {_adj(rng, positive)}",
+    ]
+    return rng.choice(templates)()
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def review(rng: random.Random, positive: bool, vocab: Vocabulary = SEEN) -> str:
+    """One review with the given overall polarity; some are mixed ("X was bad, but overall Y was great")."""
+    r = rng.random()
+    if r < 0.15:  # mixed: a concession of the opposite polarity, then the verdict
+        concession = _clause(rng, vocab, not positive)
+        verdict = _clause(rng, vocab, positive)
+        word = "great" if positive else "bad"
+        return f"{_cap(concession)}, but overall it was {word}: {verdict}."
+    text = _cap(_clause(rng, vocab, positive)) + "."
+    if r < 0.6:
+        text += " " + _cap(_clause(rng, vocab, positive)) + "."
+    return text
+
+
+def sentiment_prompt(text: str, label: int) -> str:
+    """The evaluator's prompt with its answer, exactly as `demo-reviews` / sst2 score it."""
+    return SENTIMENT_PROMPT.format(text=text) + " " + LABEL_NAMES[label]
+
+
+def labelled_reviews(rng: random.Random, n: int, vocab: Vocabulary = SEEN) -> list[dict]:
+    """`n` rows {"text", "label"}, balanced, shuffled, without duplicate texts."""
+    rows, seen = [], set()
+    while len(rows) < n:
+        label = len(rows) % 2
+        text = review(rng, bool(label), vocab)
+        if text not in seen:
+            seen.add(text)
+            rows.append({"text": text, "label": label})
+    rng.shuffle(rows)
+    return rows
+
+
+# ---- generic text -------------------------------------------------------------------------------------------
+def _encyclopedia(rng: random.Random) -> str:
+    place = rng.choice(L.PLACES)
+    topic = rng.choice(list(L.TOPICS))
+    adj = rng.choice(L.TOPICS[topic])
+    year = rng.randint(1200, 1990)
+    return rng.choice([
+        f"The {topic} of {place} is {adj}. It was first described in {year}.",
+        f"{place} is a region known for its {adj} {topic}. The capital of {place} is {L.CAPITALS[place]}.",
+        f"In {year}, travellers reached the {adj} {topic} near {L.CAPITALS[place]}.",
+        f"The {topic} near {place} lies to the {rng.choice(['north', 'south', 'east', 'west'])} "
+        f"of {L.CAPITALS[place]}.",
+    ])
+
+
+def _fact(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.25:
+        animal = rng.choice(list(L.ANIMALS))
+        return f"The {animal} {L.ANIMALS[animal]}."
+    if kind < 0.5:
+        thing = rng.choice(list(L.COLOURS))
+        return f"The colour of the {thing} is {L.COLOURS[thing]}."
+    if kind < 0.7:
+        a, b = rng.randint(0, 6), rng.randint(0, 6)
+        return f"{_cap(L.NUMBERS[a])} plus {L.NUMBERS[b]} is {L.NUMBERS[a + b]}."
+    if kind < 0.85:
+        i = rng.randrange(11)
+        return f"The month after {L.MONTHS[i]} is {L.MONTHS[i + 1]}."
+    return rng.choice(L.SCIENCE)
+
+
+def _qa(rng: random.Random) -> str:
+    kind = rng.random()
+    if kind < 0.3:
+        place = rng.choice(L.PLACES)
+        return f"Question: What is the capital of {place}?\nAnswer: {L.CAPITALS[place]}"
+    if kind < 0.55:
+        animal = rng.choice(list(L.ANIMALS))
+        return f"Question: What does the {animal} do?\nAnswer: It {L.ANIMALS[animal]}"
+    if kind < 0.8:
+        thing = rng.choice(list(L.COLOURS))
+        return f"Question: What colour is the {thing}?\nAnswer: {L.COLOURS[thing]}"
+    a, b = rng.randint(0, 6), rng.randint(0, 6)
+    return f"Question: What is {L.NUMBERS[a]} plus {L.NUMBERS[b]}?\nAnswer: {L.NUMBERS[a + b]}"
+
+
+def generic_text(rng: random.Random) -> str:
+    """A short neutral paragraph: encyclopedic sentences, facts or a question/answer line."""
+    r = rng.random()
+    if r < 0.4:
+        return " ".join(_encyclopedia(rng) for _ in range(rng.randint(1, 3)))
+    if r < 0.7:
+        return " ".join(_fact(rng) for _ in range(rng.randint(2, 4)))
+    return _qa(rng)
+
+
+def training_documents(seed: int, n_docs: int, exclude: set[str] = frozenset()) -> list[str]:
+    """Training documents: ~80% prompted reviews, ~5% bare reviews, ~15% generic text; `exclude` holds
+    held-out review texts that must not be trained on."""
+    rng = random.Random(seed)
+    docs = []
+    while len(docs) < n_docs:
+        r = rng.random()
+        if r < 0.85:
+            label = rng.randrange(2)
+            text = review(rng, bool(label))
+            if text in exclude:
+                continue
+            docs.append(sentiment_prompt(text, label) if r < 0.8 else text)
+        else:
+            docs.append(generic_text(rng))
+    return docs
+
+
+@dataclass(frozen=True)
+class DemoData:
+    reviews_test: list[dict]
+    unseen_test: list[dict]
+    generic_calib: list[dict]
+    reviews_calib: list[dict]
+
+
+def demo_data(seed: int, n_test: int = 400, n_calib: int = 400) -> DemoData:
+    """The committed evaluation and calibration sets. Calibration reviews are bare texts (no prompt)."""
+    rng = random.Random(seed + 1_000_003)
+    reviews_test = labelled_reviews(rng, n_test)
+    unseen_test = labelled_reviews(rng, n_test, UNSEEN)
+    generic = [{"text": generic_text(rng)} for _ in range(n_calib)]
+    calib = [{"text": review(rng, bool(rng.randrange(2)))} for _ in range(n_calib)]
+    return DemoData(reviews_test, unseen_test, generic, calib)
