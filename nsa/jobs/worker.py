@@ -1,0 +1,324 @@
+"""The background worker: takes queued jobs from the store and runs each in a child process.
+
+One worker per machine holds `cache_dir()/worker.lock` (an advisory `flock`, released by the OS when the
+process dies, so a killed worker never blocks the next). Each job runs in a child started with the 'spawn'
+context: a crash, a CUDA out-of-memory error or a leak cannot take the worker down, and the child's GPU
+memory is freed when it exits. The child writes progress to the store; the worker beats the heartbeat every
+`BEAT_S` seconds, and on `cancel` terminates the child (SIGTERM, then SIGKILL) within seconds.
+
+Recovery: a running job whose worker is gone (its pid is dead on this host, or its heartbeat is older than
+`STALE_S`) is re-queued once and failed the second time; the half-built temporary folder it left is removed,
+so only complete runs are ever visible.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback as tb
+from pathlib import Path
+from typing import Callable
+
+from nsa.errors import NSAError
+from nsa.jobs.store import Job, JobStore
+
+BEAT_S = 1.0
+POLL_S = 0.5
+STALE_S = float(os.environ.get("NSA_JOB_STALE_S", "60"))
+MAX_ATTEMPTS = 2  # a job interrupted by a dead worker is run once more, then failed
+KILL_GRACE_S = 3.0
+OOM_HINT = ("GPU out of memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
+            "evaluate.limit, use dtype float16/bfloat16, or run on a larger GPU (device: cpu works too, slowly)")
+
+
+def lock_path() -> Path:
+    from nsa.paths import cache_dir
+
+    return cache_dir() / "worker.lock"
+
+
+@contextlib.contextmanager
+def worker_lock():
+    """Hold the worker lock; `NSAError` when another worker already holds it."""
+    path = lock_path()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NSAError(f"another worker is already running (it holds {path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def worker_running() -> bool:
+    """True when some process holds the worker lock."""
+    path = lock_path()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> int | None:
+    """Start a background worker when jobs are queued and none runs; returns the new process id (or None).
+
+    The worker is a detached `python -m nsa worker` (its output goes to `cache_dir()/logs/worker.log`) that
+    exits after `idle_exit_s` seconds with an empty queue. The app and `nsa study` call this after submitting.
+    """
+    store = store or JobStore()
+    recover(store)
+    if store.count("queued") == 0 or worker_running():
+        return None
+    from nsa.paths import PROJECT_ROOT, cache_dir
+
+    log = cache_dir() / "logs" / "worker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, NSA_CACHE_DIR=str(cache_dir()))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "nsa", "worker", "--idle-exit", str(idle_exit_s)],
+                                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc.pid
+
+
+# --- recovery -------------------------------------------------------------------------------------------
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def recover(store: JobStore, stale_s: float | None = None, me: int | None = None) -> list[str]:
+    """Re-queue (once) or fail running jobs whose worker died; returns the ids recovered."""
+    from nsa.jobs.runs import clean_partial
+
+    stale_s = STALE_S if stale_s is None else stale_s
+    now, out = time.time(), []
+    workers = {w["pid"]: w for w in store.workers()}
+    for job in store.running():
+        if job.worker_pid == me and me is not None:
+            continue
+        worker = workers.get(job.worker_pid)
+        local = worker is None or worker["host"] == _host()
+        dead = local and not _pid_alive(job.worker_pid)
+        stale = (now - (job.heartbeat or job.started or now)) > stale_s
+        if not (dead or stale):
+            continue
+        reason = f"its worker (pid {job.worker_pid}) " + ("died" if dead else f"stopped beating for {stale_s:.0f} s")
+        clean_partial(job.id)
+        if job.attempts < MAX_ATTEMPTS:
+            store.requeue(job.id, f"re-queued: {reason} during {job.stage or 'start'}")
+        else:
+            store.finish(job.id, "failed", message=f"failed: {reason} (twice)",
+                         error=f"the job was interrupted twice: {reason} during stage {job.stage!r}")
+        if worker is not None and dead:
+            store.worker_gone(job.worker_pid)
+        out.append(job.id)
+    return out
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# --- the worker loop ------------------------------------------------------------------------------------
+def run_worker(store: JobStore | None = None, once: bool = False, idle_exit_s: float | None = None,
+               log: Callable[[str], None] = print) -> int:
+    """Run queued jobs until the queue is empty (`once`), idle for `idle_exit_s`, or forever; returns #jobs."""
+    store = store or JobStore()
+    pid = os.getpid()
+    done = 0
+    stopping = {"flag": False}
+
+    def _stop(signum, frame):  # noqa: ARG001 - SIGTERM: finish cleanly (the running job is re-queued)
+        stopping["flag"] = True
+
+    previous = signal.signal(signal.SIGTERM, _stop)
+    with worker_lock():
+        log(f"worker {pid} started; store {store.path}")
+        idle_since = time.time()
+        try:
+            while not stopping["flag"]:
+                store.worker_beat(pid)
+                recover(store, me=pid)
+                job = store.claim_next(pid)
+                if job is None:
+                    if once or (idle_exit_s is not None and time.time() - idle_since > idle_exit_s):
+                        break
+                    time.sleep(POLL_S)
+                    continue
+                log(f"job {job.id}: started")
+                status = _supervise(store, job, pid, stopping)
+                log(f"job {job.id}: {status}")
+                done += 1
+                idle_since = time.time()
+        finally:
+            store.worker_gone(pid)
+            signal.signal(signal.SIGTERM, previous)
+    return done
+
+
+def _supervise(store: JobStore, job: Job, pid: int, stopping: dict) -> str:
+    """Run `job` in a spawned child, beating its heartbeat and honouring cancel; returns its final status."""
+    import multiprocessing as mp
+
+    from nsa.jobs.runs import clean_partial
+
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=child_main, args=(job.id, str(store.path)), name=f"nsa-job-{job.id}", daemon=False)
+    child.start()
+    cancelled = False
+    while child.is_alive():
+        child.join(POLL_S)
+        store.worker_beat(pid, job.id)
+        current = store.get(job.id)
+        if current is None or current.cancel_requested or stopping["flag"]:
+            cancelled = current is None or current.cancel_requested
+            _terminate(child)
+            break
+    child.join()
+    clean_partial(job.id)
+    final = store.get(job.id)
+    if final is None:
+        return "deleted"
+    if final.status != "running":
+        return final.status
+    if cancelled:
+        store.finish(job.id, "cancelled", message=f"cancelled during {final.stage or 'start'}")
+        return "cancelled"
+    if stopping["flag"]:
+        store.requeue(job.id, "re-queued: the worker was stopped")
+        return "re-queued"
+    code = child.exitcode
+    why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    if code == -signal.SIGKILL:
+        why += " (often the system running out of memory: lower calibration.nsamples, seqlen or evaluate.limit)"
+    store.finish(job.id, "failed", message=f"the job process died ({why}) during {final.stage}",
+                 error=f"the job process died ({why}) during stage {final.stage!r}")
+    return "failed"
+
+
+def _terminate(child) -> None:
+    child.terminate()
+    child.join(KILL_GRACE_S)
+    if child.is_alive():
+        child.kill()
+        child.join()
+
+
+# --- the child ------------------------------------------------------------------------------------------
+def child_main(job_id: str, store_path: str) -> None:
+    """Entry point of the job's own process: run the pipeline, write progress and the final status."""
+    _die_with_parent()
+    threads = int(os.environ.get("NSA_JOB_THREADS", "1"))
+    import torch
+
+    torch.set_num_threads(threads)
+    store = JobStore(store_path)
+    job = store.get(job_id)
+    if job is None or job.status != "running":
+        return
+    run_in_process(store, job)
+
+
+def run_in_process(store: JobStore, job: Job, also: Callable | None = None, child: bool = True) -> str:
+    """Run `job` (already marked running) here, recording progress and its outcome in `store`.
+
+    `also` receives every progress event too (the CLI's bar). `child=True`: this is a worker's child,
+    which stops when its worker dies.
+    """
+    from nsa.jobs.pipeline import run_job
+    from pruners.errors import PruneError
+
+    stage = {"name": "starting"}
+    writer = _ProgressWriter(store, job.id, stage, also=also, watch_parent=child)
+    try:
+        folder = run_job(job.spec, progress=writer)
+    except (NSAError, PruneError) as err:
+        store.finish(job.id, "failed", message=f"failed during {stage['name']}: {err}", error=str(err),
+                     traceback=tb.format_exc())
+        return "failed"
+    except BaseException as err:  # noqa: BLE001 - every failure is recorded, a bug with its traceback
+        if _is_oom(err):
+            message = OOM_HINT.format(stage=stage["name"])
+            store.finish(job.id, "failed", message=message, error=f"{message}\n({err})", traceback=tb.format_exc())
+            return "failed"
+        if isinstance(err, KeyboardInterrupt):
+            store.finish(job.id, "cancelled", message=f"interrupted during {stage['name']}")
+            raise
+        store.finish(job.id, "failed", message=f"failed during {stage['name']}: {type(err).__name__}: {err}",
+                     error=f"{type(err).__name__}: {err}", traceback=tb.format_exc())
+        if isinstance(err, SystemExit):
+            raise
+        return "failed"
+    store.finish(job.id, "done", message=f"run folder {folder}")
+    return "done"
+
+
+class _ProgressWriter:
+    """Progress callback writing to the store (stage changes at once, else at most every 0.2 s)."""
+
+    def __init__(self, store: JobStore, job_id: str, stage: dict, every_s: float = 0.2,
+                 also: Callable | None = None, watch_parent: bool = True):
+        self.store, self.job_id, self.stage, self.every_s = store, job_id, stage, every_s
+        self.last = 0.0
+        self.also = also
+        self.parent = os.getppid() if watch_parent else None
+
+    def __call__(self, event) -> None:
+        if self.parent is not None and os.getppid() != self.parent:  # the worker died: the next one re-runs it
+            os._exit(3)
+        if self.also is not None:
+            self.also(event)
+        now = time.time()
+        changed = event.stage != self.stage["name"]
+        if changed or now - self.last >= self.every_s or event.fraction >= 1.0:
+            self.stage["name"] = event.stage
+            self.store.update(self.job_id, stage=event.stage, progress=round(event.fraction, 4),
+                              message=event.message[:500])
+            self.last = now
+
+
+def _is_oom(err: BaseException) -> bool:
+    name = type(err).__name__
+    return name == "OutOfMemoryError" or ("CUDA out of memory" in str(err)) or isinstance(err, MemoryError)
+
+
+def _die_with_parent() -> None:
+    """Linux: ask the kernel to SIGKILL this child when the worker dies (kill -9 included)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass

@@ -1,0 +1,84 @@
+"""Job specs: validation errors name the key path; normalisation makes equal experiments one id."""
+from __future__ import annotations
+
+import pytest
+
+from nsa.errors import NSAError
+from nsa.jobs.spec import load_spec, parse_spec
+
+
+def _base(stories_dir) -> dict:
+    return {"model": str(stories_dir), "prune": {"method": "wanda", "sparsity": 0.5},
+            "calibration": {"source": "wikitext2", "nsamples": 4, "seqlen": 32},
+            "evaluate": {"tasks": ["sst2"], "limit": 8}}
+
+
+def test_normalised_spec_and_stable_id(stories_dir):
+    a = parse_spec(_base(stories_dir))
+    b = parse_spec({**_base(stories_dir), "prune": {"method": "WANDA", "sparsity": 0.5, "pattern": "unstructured",
+                                                    "options": {}}, "device": "cuda"})
+    assert a.id == b.id and len(a.id) == 16  # device is not part of what a run computes
+    assert parse_spec(a.to_dict()).to_dict() == a.to_dict()  # normalising is idempotent
+    assert a.calibration.seed == 0 and a.evaluate.tasks == ("sst2",) and a.dtype == "float32"
+    other = parse_spec({**_base(stories_dir), "prune": {"method": "wanda", "sparsity": 0.6}})
+    assert other.id != a.id
+    defaults = parse_spec({**_base(stories_dir), "prune": {"method": "wanda", "options": {"group": "row"}}})
+    assert defaults.id == a.id and a.prune.options == {"block_size": 128, "group": "row"}  # declared defaults
+    pattern = parse_spec({**_base(stories_dir), "prune": {"method": "wanda", "pattern": " 2:4 "}})
+    assert pattern.prune.pattern == "2:4"
+    magnitude = parse_spec({**_base(stories_dir), "prune": {"method": "magnitude", "sparsity": 0.5}})
+    assert magnitude.calibration is None  # magnitude reads no data: calibration does not split its runs
+    assert magnitude.id == parse_spec({**_base(stories_dir), "calibration": {"seed": 3},
+                                       "prune": {"method": "magnitude"}}).id
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"extra": 1}, "extra"),
+    ({"prune": {"method": "wanda", "sparsty": 0.5}}, "prune.sparsty"),
+    ({"prune": {"method": "wanda", "sparsity": 1.5}}, "prune.sparsity"),
+    ({"prune": {"method": "wanda", "sparsity": "half"}}, "prune.sparsity"),
+    ({"prune": {"method": "wanda", "pattern": "4:2"}}, "prune.pattern"),
+    ({"prune": {"method": "wanda", "options": [1]}}, "prune.options"),
+    ({"prune": {"method": "wandaa"}}, "prune.method"),
+    ({"prune": {"method": "wanda", "options": {"alpha": 1}}}, "prune.options.alpha"),
+    ({"prune": {"method": "wanda", "options": {"group": "column"}}}, "prune.options.group"),
+    ({"prune": {"method": "sparsegpt", "options": {"percdamp": "lots"}}}, "prune.options.percdamp"),
+    ({"prune": {"sparsity": 0.5}}, "prune.method"),
+    ({"prune": None}, "prune"),
+    ({"calibration": {"source": "wikitext2", "nsamples": 0}}, "calibration.nsamples"),
+    ({"calibration": {"source": "wikitext2", "seqlen": True}}, "calibration.seqlen"),
+    ({"calibration": {"path": "/no/such/file.txt"}}, "calibration.path"),
+    ({"calibration": {"source": "wikitext3"}}, "calibration.source"),
+    ({"evaluate": {"tasks": []}}, "evaluate.tasks"),
+    ({"evaluate": {"tasks": ["sst2", "no-such-task"]}}, "evaluate.tasks[1]"),
+    ({"evaluate": {"tasks": ["sst2"], "limit": -1}}, "evaluate.limit"),
+    ({"evaluate": {"tasks": ["sst2"], "limt": 3}}, "evaluate.limt"),
+    ({"nsa": {"words": "learned"}}, "nsa.task"),
+    ({"nsa": {"task": "sst2", "words": "nonsense"}}, "nsa.words"),
+    ({"dtype": "float8"}, "dtype"),
+    ({"device": "tpu"}, "device"),
+    ({"model": ""}, "model"),
+])
+def test_bad_values_name_their_key(stories_dir, change, path):
+    with pytest.raises(NSAError) as err:
+        parse_spec({**_base(stories_dir), **change})
+    assert str(err.value).startswith(f"{path}:"), str(err.value)
+
+
+def test_not_a_mapping_and_yaml_files(tmp_path, stories_dir):
+    with pytest.raises(NSAError, match="spec: expected a mapping"):
+        parse_spec(["model"])
+    with pytest.raises(NSAError, match="spec file not found"):
+        load_spec(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(NSAError, match="not valid YAML"):
+        load_spec(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text(f"model: {stories_dir}\nprune: {{method: wanda, sparsity: 0.5}}\n"
+                    "calibration: {source: wikitext2, nsamples: 4, seqlen: 32}\n")
+    assert load_spec(good).id == parse_spec(_base(stories_dir) | {"evaluate": None}).id
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"model: {stories_dir}\nprune: {{method: wanda, sparsity: 0.5}}\nevaluate: {{taks: [sst2]}}\n")
+    with pytest.raises(NSAError, match=r"typo.yaml: evaluate.taks: unknown key"):
+        load_spec(typo)

@@ -1,0 +1,71 @@
+"""The SQLite job store: idempotent submit (also from two processes at once), cancel, resubmit, claim."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nsa.errors import NSAError
+from nsa.jobs.store import JobStore
+
+ROOT = Path(__file__).resolve().parents[3]
+SUBMIT_AT = """
+import json, sys, time
+from nsa.jobs.store import JobStore
+spec, at = json.loads(sys.argv[1]), float(sys.argv[2])
+store = JobStore()
+time.sleep(max(0.0, at - time.time()))
+print(store.submit(spec))
+"""
+
+
+def test_two_processes_submitting_the_same_spec_make_one_job(cache, spec, tmp_path):
+    at = time.time() + 2.0  # both processes are past their imports by then and submit in the same instant
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMIT_AT, json.dumps(spec), str(at)], cwd=ROOT,
+                              env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    ids = {out.strip() for out, _ in outs}
+    assert len(ids) == 1
+    store = JobStore()
+    jobs = store.list()
+    assert [j.id for j in jobs] == list(ids) and jobs[0].status == "queued"
+    with sqlite3.connect(cache / "jobs.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_submit_cancel_resubmit_and_claim(cache, spec):
+    store = JobStore()
+    job_id = store.submit(spec)
+    assert store.submit(dict(spec)) == job_id and len(store.list()) == 1
+    job = store.get(job_id)
+    assert job.status == "queued" and job.progress == 0 and job.spec["prune"]["method"] == "wanda"
+    assert job.get("status") == "queued" and store.require(job_id[:6]).id == job_id
+    assert store.cancel(job_id).status == "cancelled"
+    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # cancelled -> queued again
+    claimed = store.claim_next(worker_pid=os.getpid())
+    assert claimed.id == job_id and claimed.status == "running" and claimed.attempts == 1
+    assert store.claim_next(worker_pid=os.getpid()) is None
+    store.update(job_id, stage="prune", progress=0.25, message="layer 1/5")
+    job = store.get(job_id)
+    assert (job.stage, job.progress, job.message) == ("prune", 0.25, "layer 1/5") and job.heartbeat
+    assert store.cancel(job_id).cancel_requested  # a running job is stopped by its worker
+    store.finish(job_id, "failed", message="boom", error="boom", traceback="Traceback ...")
+    job = store.get(job_id)
+    assert job.status == "failed" and job.error == "boom" and job.finished >= job.started
+    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # failed -> queued again
+    store.claim_next(worker_pid=os.getpid())
+    store.finish(job_id, "done", message="ok")
+    assert store.get(job_id).progress == 1.0
+    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # done, but no run folder
+    with pytest.raises(NSAError, match="no job with id"):
+        store.require("zzzz")
+    with pytest.raises(NSAError, match="prune.sparsity"):
+        store.submit({**spec, "prune": {"method": "wanda", "sparsity": 2}})
