@@ -1,0 +1,109 @@
+"""Plotly figure builders for the app's pages: each takes an already aggregated dataframe from `nsa.results`
+(never raw per-weight data) so a figure for a 7B run stays a few kB."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
+    return fig
+
+
+def sparsity_heatmap(matrix: pd.DataFrame) -> go.Figure:
+    """Layers (y) × modules (x), coloured by the share of weights pruned."""
+    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=[str(c) for c in matrix.columns],
+                               y=[int(i) for i in matrix.index], zmin=0, zmax=1, colorscale="Viridis",
+                               colorbar=dict(title="sparsity"),
+                               hovertemplate="layer %{y}<br>%{x}<br>sparsity %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(title="layer", autorange="reversed")
+    return _layout(fig, "Sparsity per layer and module", height=max(300, 18 * len(matrix) + 120))
+
+
+def fraction_distribution(hist: pd.DataFrame) -> go.Figure:
+    """Per layer, how many neurons lost which fraction of their weights (a layer × fraction count heatmap)."""
+    mids = sorted(((hist["lo"] + hist["hi"]) / 2).round(4).unique())
+    z = hist.assign(mid=((hist["lo"] + hist["hi"]) / 2).round(4)).pivot_table(
+        index="layer", columns="mid", values="count", aggfunc="sum").reindex(columns=mids).fillna(0)
+    fig = go.Figure(go.Heatmap(z=z.to_numpy(), x=mids, y=[int(i) for i in z.index], colorscale="Blues",
+                               colorbar=dict(title="neurons"),
+                               hovertemplate="layer %{y}<br>pruned fraction ≈ %{x:.2f}<br>%{z} neurons"
+                                             "<extra></extra>"))
+    fig.update_xaxes(title="per-neuron pruned fraction")
+    fig.update_yaxes(title="layer", autorange="reversed")
+    return _layout(fig, "Distribution of the per-neuron pruned fraction", height=max(300, 18 * len(z) + 120))
+
+
+def mask_pattern(masks: dict[str, np.ndarray], width: int = 64) -> go.Figure:
+    """One neuron's mask entries per weight, wrapped into rows of `width` (1 = pruned)."""
+    fig = go.Figure()
+    rows, labels = [], []
+    for name, vec in masks.items():
+        n = -(-len(vec) // width) * width
+        padded = np.full(n, np.nan)
+        padded[:len(vec)] = vec
+        block = padded.reshape(-1, width)  # [rows, width]
+        rows.append(block)
+        labels += [f"{name.split('.')[-2]} {i * width}" for i in range(len(block))]
+    z = np.vstack(rows) if rows else np.zeros((0, width))
+    fig.add_trace(go.Heatmap(z=z, y=labels, colorscale=[[0, "#e8f0fe"], [1, "#d62728"]], zmin=0, zmax=1,
+                             showscale=False, hovertemplate="%{y}+%{x}: %{z}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Mask pattern (red = pruned)", height=max(250, 6 * len(labels) + 100))
+
+
+def accuracy_bars(df: pd.DataFrame, color: str = "model", title: str = "Accuracy per task") -> go.Figure:
+    """Grouped bars per task with 95% interval error bars."""
+    fig = go.Figure()
+    for name, part in df.groupby(color, sort=False):
+        value = part["value"].astype(float)
+        lo = (value - part["lo"].astype(float)).clip(lower=0)
+        hi = (part["hi"].astype(float) - value).clip(lower=0)
+        fig.add_trace(go.Bar(name=str(name), x=part["task"], y=value,
+                             error_y=dict(type="data", array=hi.tolist(), arrayminus=lo.tolist()),
+                             customdata=part[["group", "n"]].to_numpy(),
+                             hovertemplate="%{x} (%{customdata[0]})<br>%{y:.3f} (n=%{customdata[1]})"
+                                           "<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis_title="accuracy")
+    return _layout(fig, title)
+
+
+def neuron_word_heatmap(matrix: pd.DataFrame) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index),
+                               colorscale="Magma", colorbar=dict(title="mean act."),
+                               hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Top neurons × their significant words", height=max(300, 16 * len(matrix) + 140))
+
+
+def cluster_loss(df: pd.DataFrame) -> go.Figure:
+    part = df[df["level"] == "cluster"] if "level" in df else df
+    fig = go.Figure(go.Bar(x=part["name"], y=part["activation_lost"],
+                           hovertemplate="%{x}: %{y:.3f} lost<extra></extra>"))
+    fig.update_layout(yaxis_title="Σ activation lost (dense − pruned)")
+    return _layout(fig, "Activation lost per cluster after pruning", height=360)
+
+
+def validation_bars(df: pd.DataFrame) -> go.Figure:
+    """Accuracy drop when ablating the labelled neurons vs random neurons (mean ± std)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df["labelled_drop"]))
+    fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df["random_drop_mean"],
+                         error_y=dict(type="data", array=df["random_drop_std"].fillna(0).tolist())))
+    fig.update_layout(barmode="group", yaxis_title="accuracy drop (points)")
+    return _layout(fig, "Validation: labelled vs random ablation", height=360)
+
+
+def jaccard_lines(df: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    for module, part in df.groupby("module"):
+        fig.add_trace(go.Scatter(x=part["layer"], y=part["jaccard"], mode="lines+markers", name=str(module)))
+    fig.update_layout(xaxis_title="layer", yaxis_title="Jaccard of pruned weights", yaxis_range=[0, 1.02])
+    return _layout(fig, "Mask overlap per layer", height=380)
+
+
+def to_html(fig: go.Figure) -> str:
+    """Standalone HTML with plotly.js embedded (works offline, nothing from a CDN)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)

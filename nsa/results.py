@@ -1,0 +1,518 @@
+"""A run's artifacts as dataframes for the app's pages (no streamlit here, no science: only reading, joining and
+aggregating what the pipeline wrote).
+
+Sized for 7B runs: every loader is memoised on (file, mtime, size), so a page re-render costs a dict lookup; the
+per-module sparsity and mask overlaps, which need a pass over the masks, are computed one tensor at a time
+(safetensors `safe_open`) and kept as small parquet files under `cache/app/<run_id>/`; tables are paginated
+(`page_of`) and distributions aggregated into histograms (`fraction_histogram`) before they reach a browser.
+
+A missing or unreadable artifact raises `ArtifactError` (an `NSAError` that names the run, the artifact and
+whether re-submitting the run's spec would recompute it); pages show it with an offer to recompute.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from nsa.atomic import atomic_path
+from nsa.errors import NSAError
+from nsa.paths import cache_dir
+
+HIST_BINS = 20
+_LAYER_RE = re.compile(r"\.(?:layers|h|layer|decoder\.layers)\.(\d+)\.(.+?)(?:\.weight)?$")
+
+
+class ArtifactError(NSAError):
+    """A run artifact is missing or corrupt. `recompute` says whether re-submitting the run's spec rebuilds it."""
+
+    def __init__(self, run_id: str, artifact: str, problem: str, recompute: bool = True):
+        self.run_id, self.artifact, self.problem, self.recompute = run_id, artifact, problem, recompute
+        hint = " Re-run the job to recompute it." if recompute else ""
+        super().__init__(f"run {run_id}: {artifact} {problem}.{hint}")
+
+
+# --- locating runs ----------------------------------------------------------------------------------------
+def runs_root() -> Path:
+    return cache_dir() / "runs"
+
+
+def run_folder(run_id: str) -> Path:
+    """The folder of a complete run (hidden/partial folders are never runs)."""
+    if not run_id or not re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
+        raise NSAError(f"not a run id: {run_id!r} (run ids are letters, digits, - and _)")
+    folder = runs_root() / run_id
+    if not folder.is_dir():
+        raise ArtifactError(run_id, "run folder", "does not exist (deleted, or the job has not finished)")
+    return folder
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+def _artifact(run_id: str, rel: str, required: bool = True) -> Path | None:
+    path = run_folder(run_id) / rel
+    if not path.is_file():
+        if required:
+            raise ArtifactError(run_id, rel, "is missing")
+        return None
+    return path
+
+
+@functools.lru_cache(maxsize=256)
+def _read_json_cached(stamp: tuple) -> Any:
+    return json.loads(Path(stamp[0]).read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=128)
+def _read_jsonl_cached(stamp: tuple) -> pd.DataFrame:
+    rows = [json.loads(line) for line in Path(stamp[0]).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_parquet_cached(stamp: tuple) -> pd.DataFrame:
+    return pd.read_parquet(stamp[0])
+
+
+def _load(run_id: str, rel: str, reader: Callable, required: bool = True) -> Any:
+    path = _artifact(run_id, rel, required)
+    if path is None:
+        return None
+    try:
+        return reader(_stamp(path))
+    except (ValueError, OSError, json.JSONDecodeError) as err:
+        raise ArtifactError(run_id, rel, f"is corrupt ({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def read_json(run_id: str, rel: str, required: bool = True) -> Any:
+    return _load(run_id, rel, _read_json_cached, required)
+
+
+def read_table(run_id: str, rel: str, required: bool = True) -> pd.DataFrame | None:
+    """A JSONL or parquet artifact as a dataframe (a copy-free cached object: do not modify it in place)."""
+    reader = _read_parquet_cached if rel.endswith(".parquet") else _read_jsonl_cached
+    return _load(run_id, rel, reader, required)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    model: str
+    method: str
+    sparsity: float
+    pattern: str
+    calibration: str
+    tasks: str
+    created: float
+    has_eval: bool
+    has_nsa: bool
+
+
+def list_runs() -> pd.DataFrame:
+    """One row per complete run folder, newest first."""
+    rows = []
+    root = runs_root()
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.name.startswith(".") or not (folder / "spec.json").is_file():
+                continue
+            try:
+                spec = _read_json_cached(_stamp(folder / "spec.json"))
+            except (ValueError, OSError):
+                continue
+            rows.append(RunSummary(**_describe(folder.name, spec), created=folder.stat().st_mtime,
+                                   has_eval=(folder / "eval" / "pruned" / "summary.json").is_file(),
+                                   has_nsa=(folder / "nsa" / "summary.json").is_file()).__dict__)
+    df = pd.DataFrame(rows, columns=list(RunSummary.__dataclass_fields__))
+    return df.sort_values("created", ascending=False, ignore_index=True)
+
+
+def _describe(run_id: str, spec: dict) -> dict:
+    prune = spec.get("prune") or {}
+    calib = spec.get("calibration") or {}
+    tasks = (spec.get("evaluate") or {}).get("tasks") or []
+    return {"run_id": run_id, "model": str(spec.get("model", "?")), "method": str(prune.get("method", "?")),
+            "sparsity": float(prune.get("sparsity", 0.0)), "pattern": str(prune.get("pattern", "")),
+            "calibration": f"{calib.get('source', '-')}" if calib else "-", "tasks": ", ".join(tasks)}
+
+
+def run_label(run_id: str) -> str:
+    try:
+        d = _describe(run_id, spec(run_id))
+    except NSAError:
+        return run_id
+    return f"{run_id[:8]} · {d['method']} {d['sparsity']:.0%} {d['pattern']} · {Path(d['model']).name}"
+
+
+def spec(run_id: str) -> dict:
+    return read_json(run_id, "spec.json")
+
+
+# --- masks: per-module sparsity and overlaps ---------------------------------------------------------------
+def _app_cache(run_id: str) -> Path:
+    folder = cache_dir() / "app" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def split_param(name: str) -> tuple[int, str] | None:
+    """`model.layers.3.mlp.gate_proj.weight` -> (3, "mlp.gate_proj"); None for non-layer parameters."""
+    m = _LAYER_RE.search(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def _derived(run_id: str, name: str, source: str, build: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """A table computed from artifact `source`, kept under cache/app/<run>/ and rebuilt when the source changes."""
+    src = _artifact(run_id, source)
+    stamp = _stamp(src)
+    out = _app_cache(run_id) / f"{name}.parquet"
+    meta = out.with_suffix(".json")
+    if out.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()) == list(stamp):
+                return _read_parquet_cached(_stamp(out))
+        except (ValueError, OSError):
+            pass
+    try:
+        df = build(src)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise ArtifactError(run_id, source, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from None
+    with atomic_path(out) as tmp:
+        df.to_parquet(tmp, index=False)
+    with atomic_path(meta) as tmp:
+        Path(tmp).write_text(json.dumps(list(stamp)))
+    return _read_parquet_cached(_stamp(out))
+
+
+def _sparsity_table(path: Path) -> pd.DataFrame:
+    from safetensors import safe_open
+
+    rows = []
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            where = split_param(key)
+            if where is None:
+                continue
+            t = f.get_tensor(key)
+            rows.append({"layer": where[0], "module": where[1], "param": key, "numel": t.numel(),
+                         "pruned": int(t.sum(dtype=__import__("torch").int64))})
+    df = pd.DataFrame(rows, columns=["layer", "module", "param", "numel", "pruned"])
+    df["sparsity"] = df["pruned"] / df["numel"].clip(lower=1)
+    return df.sort_values(["layer", "module"], ignore_index=True)
+
+
+def module_sparsity(run_id: str) -> pd.DataFrame:
+    """One row per pruned weight: layer, module, param, numel, pruned, sparsity."""
+    return _derived(run_id, "module_sparsity", "masks.safetensors", _sparsity_table)
+
+
+def sparsity_matrix(run_id: str) -> pd.DataFrame:
+    """layer × module sparsity (rows: layers, columns: modules) for the heatmap."""
+    df = module_sparsity(run_id)
+    return df.pivot_table(index="layer", columns="module", values="sparsity", aggfunc="mean").sort_index()
+
+
+def mask_jaccard(run_a: str, run_b: str) -> pd.DataFrame:
+    """Per layer and module, |A ∩ B| / |A ∪ B| of the pruned entries of two runs' masks (same model)."""
+    from safetensors import safe_open
+
+    a_path, b_path = _artifact(run_a, "masks.safetensors"), _artifact(run_b, "masks.safetensors")
+    key = "jaccard_" + "_".join(sorted([run_a, run_b]))
+
+    def build(_src: Path) -> pd.DataFrame:
+        rows = []
+        with safe_open(str(a_path), framework="pt") as fa, safe_open(str(b_path), framework="pt") as fb:
+            common = sorted(set(fa.keys()) & set(fb.keys()))
+            if not common:
+                raise ValueError(f"runs {run_a} and {run_b} share no mask names (different models?)")
+            for name in common:
+                where = split_param(name)
+                if where is None:
+                    continue
+                x, y = fa.get_tensor(name).bool(), fb.get_tensor(name).bool()
+                if x.shape != y.shape:
+                    continue
+                union = int((x | y).sum())
+                rows.append({"layer": where[0], "module": where[1],
+                             "jaccard": int((x & y).sum()) / union if union else 1.0})
+        return pd.DataFrame(rows, columns=["layer", "module", "jaccard"])
+
+    # keyed on run_a's masks; run_b's stamp is part of the cache name's meta through _derived of run_a only,
+    # so include it in the name too
+    b_stamp = _stamp(b_path)
+    return _derived(run_a, f"{key}_{b_stamp[1]}", "masks.safetensors", build)
+
+
+# --- neurons -----------------------------------------------------------------------------------------------
+def neurons(run_id: str) -> pd.DataFrame:
+    """One row per MLP neuron: layer, index, frac_in, frac_out, frac (mean of both), label, cluster, shift_abs,
+    shift_rel, label_survives (NSA columns empty for unlabelled neurons or runs without NSA)."""
+    base = read_table(run_id, "neurons.parquet")
+    labels = read_table(run_id, "nsa/neuron_labels.jsonl", required=False)
+    shift = read_table(run_id, "nsa/neuron_shift.jsonl", required=False)
+    stamps = tuple(_stamp(p) if p is not None else None for p in (
+        _artifact(run_id, "neurons.parquet"), _artifact(run_id, "nsa/neuron_labels.jsonl", required=False),
+        _artifact(run_id, "nsa/neuron_shift.jsonl", required=False)))
+    return _neurons_joined(stamps, base, labels, shift)
+
+
+_JOIN_CACHE: dict = {}
+
+
+def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
+    """The joined table, memoised on the three files' (path, mtime, size)."""
+    if key in _JOIN_CACHE:
+        return _JOIN_CACHE[key]
+    df = base[["layer", "index", "frac_in", "frac_out"]].copy()
+    df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
+    df["label"], df["cluster"] = "", ""
+    df["shift_abs"], df["shift_rel"] = np.nan, np.nan
+    if labels is not None and len(labels):
+        lab = labels[["layer", "index", "label", "cluster"]]
+        df = df.drop(columns=["label", "cluster"]).merge(lab, on=["layer", "index"], how="left")
+        df[["label", "cluster"]] = df[["label", "cluster"]].fillna("")
+    if shift is not None and len(shift):
+        sh = shift[["layer", "index", "shift_abs", "shift_rel"]]
+        df = df.drop(columns=["shift_abs", "shift_rel"]).merge(sh, on=["layer", "index"], how="left")
+    if len(_JOIN_CACHE) > 16:
+        _JOIN_CACHE.clear()
+    _JOIN_CACHE[key] = df
+    return df
+
+
+def filter_neurons(df: pd.DataFrame, layer: int | None = None, labelled_only: bool = False,
+                   min_frac: float = 0.0, text: str = "") -> pd.DataFrame:
+    mask = np.ones(len(df), dtype=bool)
+    if layer is not None:
+        mask &= df["layer"].to_numpy() == layer
+    if labelled_only:
+        mask &= df["label"].to_numpy() != ""
+    if min_frac > 0:
+        mask &= df["frac"].to_numpy() >= min_frac
+    if text:
+        mask &= df["label"].str.contains(text, case=False, regex=False).to_numpy()
+    return df[mask]
+
+
+def page_of(df: pd.DataFrame, sort: str, descending: bool, page: int, size: int) -> tuple[pd.DataFrame, int]:
+    """Rows of page `page` (0-based) after sorting by `sort`; returns (rows, number of pages). Uses a partial
+    sort (nlargest/nsmallest) for the first pages so a 352k-row table costs milliseconds."""
+    n_pages = max(1, -(-len(df) // size))
+    page = min(max(page, 0), n_pages - 1)
+    if sort not in df.columns:
+        sort = "layer"
+    need = (page + 1) * size
+    if need <= 10 * size and pd.api.types.is_numeric_dtype(df[sort]):
+        top = df.nlargest(need, sort) if descending else df.nsmallest(need, sort)
+    else:
+        top = df.sort_values(sort, ascending=not descending, kind="stable")
+    return top.iloc[page * size: (page + 1) * size], n_pages
+
+
+def fraction_histogram(run_id: str, column: str = "frac", bins: int = HIST_BINS) -> pd.DataFrame:
+    """Per layer, counts of neurons by pruned fraction: columns layer, lo, hi, count (bins × layers rows)."""
+    df = neurons(run_id)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows = []
+    for layer, values in df.groupby("layer")[column]:
+        counts, _ = np.histogram(values.to_numpy(), bins=edges)
+        rows += [{"layer": int(layer), "lo": edges[i], "hi": edges[i + 1], "count": int(c)}
+                 for i, c in enumerate(counts)]
+    return pd.DataFrame(rows, columns=["layer", "lo", "hi", "count"])
+
+
+def neuron_detail(run_id: str, layer: int, index: int) -> dict:
+    """Everything the neuron page shows: its row, mask pattern per weight, NSA label/shift and top examples."""
+    table = neurons(run_id)
+    row = table[(table["layer"] == layer) & (table["index"] == index)]
+    if row.empty:
+        raise NSAError(f"run {run_id} has no neuron {index} in layer {layer} "
+                       f"(layers 0-{int(table['layer'].max())}, "
+                       f"{int((table['layer'] == table['layer'].min()).sum())} neurons per layer)")
+    return {"row": row.iloc[0].to_dict(), "masks": neuron_masks(run_id, layer, index),
+            "label": _nsa_row(run_id, "nsa/neuron_labels.jsonl", layer, index),
+            "shift": _nsa_row(run_id, "nsa/neuron_shift.jsonl", layer, index),
+            "examples": top_examples(run_id, layer, index)}
+
+
+def _nsa_row(run_id: str, rel: str, layer: int, index: int) -> dict | None:
+    df = read_table(run_id, rel, required=False)
+    if df is None or df.empty:
+        return None
+    hit = df[(df["layer"] == layer) & (df["index"] == index)]
+    return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def neuron_masks(run_id: str, layer: int, index: int) -> dict[str, np.ndarray]:
+    """The neuron's mask entries per weight: its output row in gate/up (fc1), its input column in down (fc2)."""
+    from pruners.families import mlp_sites_from_names
+    from safetensors import safe_open
+
+    path = _artifact(run_id, "masks.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        names = list(f.keys())
+        sites = [s for s in mlp_sites_from_names(names) if s.layer == layer]
+        if not sites:
+            return {}
+        site, out = sites[0], {}
+        for p in site.in_params:
+            sl = f.get_slice(p)
+            vec = (sl[:, index:index + 1] if site.conv1d else sl[index:index + 1, :]).flatten()
+            out[p] = vec.numpy().astype(np.uint8)
+        sl = f.get_slice(site.out_param)
+        vec = (sl[index:index + 1, :] if site.conv1d else sl[:, index:index + 1]).flatten()
+        out[site.out_param] = vec.numpy().astype(np.uint8)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _examples_index(stamp: tuple) -> dict[tuple[int, int], list[dict]]:
+    index: dict[tuple[int, int], list[dict]] = {}
+    with open(stamp[0], encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                r = json.loads(line)
+                index.setdefault((int(r["layer"]), int(r["index"])), []).append(r)
+    for rows in index.values():
+        rows.sort(key=lambda r: r.get("rank", 0))
+    return index
+
+
+def top_examples(run_id: str, layer: int, index: int) -> list[dict]:
+    """Top-activating examples of a labelled neuron (token strings + dense activations, and pruned activations
+    when the NSA tables carry them)."""
+    path = _artifact(run_id, "nsa/top_examples.jsonl", required=False)
+    if path is None:
+        return []
+    try:
+        return _examples_index(_stamp(path)).get((layer, index), [])
+    except (ValueError, KeyError) as err:
+        raise ArtifactError(run_id, "nsa/top_examples.jsonl", f"is corrupt ({err})") from None
+
+
+# --- semantics ---------------------------------------------------------------------------------------------
+def nsa_summary(run_id: str) -> dict:
+    return read_json(run_id, "nsa/summary.json")
+
+
+def words(run_id: str) -> pd.DataFrame:
+    return read_table(run_id, "nsa/words.jsonl")
+
+
+def clusters(run_id: str) -> pd.DataFrame:
+    df = read_table(run_id, "nsa/clusters.jsonl", required=False)
+    return df if df is not None else pd.DataFrame(columns=["level", "name", "cluster", "activation_lost"])
+
+
+def neuron_word_matrix(run_id: str, top: int = 25) -> pd.DataFrame:
+    """Top labelled neurons (by selectivity) × their significant words, valued by mean activation on the word."""
+    labels = read_table(run_id, "nsa/neuron_labels.jsonl")
+    if labels.empty:
+        return pd.DataFrame()
+    sel = labels.sort_values("top_selectivity" if "top_selectivity" in labels else "selectivity",
+                             ascending=False, key=lambda s: s.map(_scalar)).head(top)
+    cells: dict[str, dict[str, float]] = {}
+    for r in sel.itertuples(index=False):
+        name = f"L{r.layer}/{r.index}"
+        ws = list(r.words) if isinstance(r.words, (list, np.ndarray)) else []
+        vals = getattr(r, "mean_activation", None)
+        vals = list(vals) if isinstance(vals, (list, np.ndarray)) and len(vals) == len(ws) else [1.0] * len(ws)
+        cells[name] = {w: float(v) for w, v in zip(ws, vals)}
+    return pd.DataFrame(cells).T.fillna(0.0)
+
+
+def _scalar(v: Any) -> float:
+    if isinstance(v, (list, np.ndarray)):
+        return float(max(v)) if len(v) else 0.0
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def validation(run_id: str) -> pd.DataFrame:
+    """Per cluster: labelled_drop, random_drop_mean, random_drop_std, n_neurons, beats_random (labelled drop
+    above the random mean + 1 std unless the summary records its own verdict; None when the cluster has no
+    labelled neuron)."""
+    summary = nsa_summary(run_id)
+    detail = (summary.get("validation_detail") or {}).get("clusters") or {}
+    rows = []
+    for cluster, v in (summary.get("validation") or {}).items():
+        if not isinstance(v, dict):
+            continue
+        lab, mean, std = v.get("labelled_drop"), v.get("random_drop_mean"), v.get("random_drop_std")
+        beats = (detail.get(cluster) or {}).get("beats_random")  # the NSA step's own verdict when recorded
+        if beats is None and lab is not None and mean is not None:
+            beats = bool(lab > mean + (std or 0.0))
+        beats = None if lab is None else beats
+        rows.append({"cluster": cluster, "labelled_drop": lab, "random_drop_mean": mean,
+                     "random_drop_std": std, "n_neurons": v.get("n_neurons"), "beats_random": beats})
+    return pd.DataFrame(rows, columns=["cluster", "labelled_drop", "random_drop_mean", "random_drop_std",
+                                       "n_neurons", "beats_random"])
+
+
+# --- accuracy ----------------------------------------------------------------------------------------------
+GROUP_ORDER = ["sentiment", "inference", "qa", "lm", "custom"]
+
+
+def accuracy(run_id: str) -> pd.DataFrame:
+    """Dense and pruned accuracy per task with 95% intervals: task, group, model, acc, lo, hi, n; sentiment
+    tasks first."""
+    rows = []
+    for which in ("dense", "pruned"):
+        summary = read_json(run_id, f"eval/{which}/summary.json")
+        for name, e in (summary.get("tasks") or {}).items():
+            metric = "acc" if e.get("acc") is not None else next(
+                (k for k in ("acc_norm", "perplexity", "word_perplexity") if e.get(k) is not None), None)
+            if metric is None:
+                continue
+            ci = e.get(f"{metric}_ci95") or [None, None]
+            rows.append({"task": name, "group": e.get("group", "custom"), "model": which, "metric": metric,
+                         "value": e.get(metric), "lo": ci[0], "hi": ci[1], "n": e.get("n")})
+    df = pd.DataFrame(rows, columns=["task", "group", "model", "metric", "value", "lo", "hi", "n"])
+    order = {g: i for i, g in enumerate(GROUP_ORDER)}
+    df["_g"] = df["group"].map(lambda g: order.get(g, len(order)))
+    return df.sort_values(["_g", "task", "model"], ignore_index=True).drop(columns="_g")
+
+
+def flips(run_id: str) -> pd.DataFrame:
+    df = read_table(run_id, "nsa/flips.jsonl", required=False)
+    return df if df is not None else pd.DataFrame(columns=["index", "direction", "text", "words", "neurons"])
+
+
+def eval_comparison(run_id: str) -> dict | None:
+    return read_json(run_id, "eval/comparison.json", required=False)
+
+
+# --- comparing runs ----------------------------------------------------------------------------------------
+def compare_accuracy(run_ids: list[str]) -> pd.DataFrame:
+    frames = []
+    for rid in run_ids:
+        df = accuracy(rid)
+        df = df[df["model"] == "pruned"].assign(run=run_label(rid))
+        frames.append(df)
+        if rid == run_ids[0]:
+            frames.append(accuracy(rid).query("model == 'dense'").assign(run="dense"))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def neuron_differences(run_a: str, run_b: str, top: int = 50) -> pd.DataFrame:
+    """Neurons whose NSA label or activation shift differ most between two runs (labelled in either)."""
+    cols = ["layer", "index", "label", "shift_abs", "frac"]
+    a = neurons(run_a)[cols]
+    b = neurons(run_b)[cols]
+    both = a.merge(b, on=["layer", "index"], suffixes=("_a", "_b"))
+    both = both[(both["label_a"] != "") | (both["label_b"] != "")].copy()
+    both["label_differs"] = both["label_a"] != both["label_b"]
+    both["shift_diff"] = (both["shift_abs_a"].fillna(0) - both["shift_abs_b"].fillna(0)).abs()
+    both["frac_diff"] = (both["frac_a"] - both["frac_b"]).abs()
+    return both.sort_values(["label_differs", "shift_diff", "frac_diff"], ascending=False).head(top)

@@ -1,0 +1,133 @@
+"""Shared page helpers: view state in the URL (`st.query_params`), readable errors with an offer to recompute,
+run picker, CSV/HTML downloads, and the local-path allow list."""
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from nsa.errors import NSAError
+from nsa.paths import cache_dir, data_dir
+
+PAGE_SIZES = (25, 50, 100)
+
+
+# --- URL state ---------------------------------------------------------------------------------------------
+def param(name: str, default: Any = None, cast: Callable = str) -> Any:
+    """A query parameter cast to `cast`, or `default` when absent or malformed."""
+    raw = st.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return cast(raw)
+    except (TypeError, ValueError):
+        return default
+
+
+def set_params(**values: Any) -> None:
+    """Update the URL: None removes a key. Only writes when something changed (no needless reruns)."""
+    for key, value in values.items():
+        if value is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != str(value):
+            st.query_params[key] = str(value)
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+def show_error(err: BaseException) -> None:
+    """A readable message; artifacts that a re-run would rebuild get a Recompute button; unexpected errors keep
+    their traceback folded in an expander, never as the main content."""
+    from nsa.results import ArtifactError
+
+    known = isinstance(err, NSAError) or type(err).__name__ == "PruneError"
+    st.error(str(err) if known else f"Something went wrong: {type(err).__name__}: {err}")
+    if isinstance(err, ArtifactError) and err.recompute and err.artifact != "run folder":
+        if st.button("Recompute this run", key=f"recompute-{err.run_id}-{err.artifact}"):
+            try:
+                submit_rerun(err.run_id)
+                st.success("Re-submitted: the Run page shows its progress.")
+            except Exception as sub_err:  # noqa: BLE001 - shown to the user
+                st.error(f"could not re-submit: {sub_err}")
+    if not known:
+        with st.expander("Details"):
+            st.code("".join(traceback.format_exception(err)), language="text")
+
+
+def submit_rerun(run_id: str) -> str:
+    from nsa.jobs.store import JobStore
+    from nsa.jobs.worker import ensure_worker
+    from nsa.results import spec
+
+    job_id = JobStore().submit(spec(run_id), verify=True)
+    ensure_worker()
+    return job_id
+
+
+def guarded(body: Callable[[], None]) -> None:
+    """Run a page body; any error becomes a readable message."""
+    try:
+        body()
+    except Exception as err:  # noqa: BLE001 - the page must never show a bare traceback (st.stop/rerun are
+        show_error(err)       # BaseExceptions and pass through)
+
+
+# --- runs --------------------------------------------------------------------------------------------------
+def pick_run(label: str = "Run", key: str = "run") -> str | None:
+    """Selectbox of complete runs, kept in the URL as `?run=`; None (with a hint) when there is none."""
+    from nsa.results import list_runs, run_label
+
+    runs = list_runs()
+    if runs.empty:
+        st.info("No finished run yet: launch one on the Run page.")
+        return None
+    ids = runs["run_id"].tolist()
+    current = param(key)
+    if current and current not in ids:
+        st.warning(f"run {current} from the link is not in this cache; showing the newest run instead.")
+        current = None
+    chosen = st.selectbox(label, ids, index=ids.index(current) if current else 0, format_func=run_label,
+                          key=f"pick-{key}")
+    set_params(**{key: chosen})
+    return chosen
+
+
+# --- downloads ---------------------------------------------------------------------------------------------
+def table(df: pd.DataFrame, name: str, **kwargs: Any) -> Any:
+    """A dataframe with a CSV download of exactly what is shown."""
+    out = st.dataframe(df, hide_index=True, **kwargs)
+    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+                       key=f"csv-{name}", on_click="ignore")
+    return out
+
+
+def chart(fig: Any, name: str) -> None:
+    """A plotly chart with a standalone HTML download (plotly.js embedded; built only when clicked)."""
+    from nsa.figures import to_html
+
+    st.plotly_chart(fig, key=f"fig-{name}", config={"displaylogo": False})
+    st.download_button("Download HTML", lambda: to_html(fig), file_name=f"{name}.html", mime="text/html",
+                       key=f"html-{name}", on_click="ignore")
+
+
+# --- local paths -------------------------------------------------------------------------------------------
+def allowed_dirs() -> list[Path]:
+    """Folders a path typed into the app may point into: data, cache, and NSA_ALLOWED_DIRS (os.pathsep list)."""
+    dirs = [data_dir(), cache_dir()]
+    dirs += [Path(p) for p in os.environ.get("NSA_ALLOWED_DIRS", "").split(os.pathsep) if p.strip()]
+    return [d.expanduser().resolve() for d in dirs]
+
+
+def check_local_path(text: str) -> Path:
+    """Resolve a user-typed path; NSAError unless it lies inside an allowed folder."""
+    path = Path(text).expanduser().resolve()
+    for root in allowed_dirs():
+        if path == root or root in path.parents:
+            return path
+    raise NSAError(f"{text!r} is outside the folders this app may read ({', '.join(map(str, allowed_dirs()))}); "
+                   f"add its folder to NSA_ALLOWED_DIRS before starting the app")
+

@@ -1,0 +1,176 @@
+"""Run page: configure a job (model, pruner with the options its registry entry declares, calibration, tasks,
+NSA), launch it into the job store, and watch the queue live."""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from nsa import ui
+from nsa.errors import NSAError
+
+PATTERNS = ["unstructured", "2:4", "4:8"]
+QUEUE_POLL_S = 2.0
+
+
+def option_widget(method: str, opt) -> object:
+    """One input generated from a pruner's `Option` declaration (type, default, min/max, choices, help)."""
+    key = f"opt-{method}-{opt.name}"
+    if opt.choices:
+        choices = list(opt.choices)
+        return st.selectbox(opt.name, choices, index=choices.index(opt.default) if opt.default in choices else 0,
+                            help=opt.help, key=key)
+    if opt.type is bool:
+        return st.checkbox(opt.name, value=bool(opt.default), help=opt.help, key=key)
+    if opt.type is int:
+        return int(st.number_input(opt.name, value=int(opt.default), step=1, help=opt.help, key=key,
+                                   min_value=int(opt.min) if opt.min is not None else None,
+                                   max_value=int(opt.max) if opt.max is not None else None))
+    if opt.type is float:
+        return float(st.number_input(opt.name, value=float(opt.default), help=opt.help, key=key, format="%g",
+                                     min_value=float(opt.min) if opt.min is not None else None,
+                                     max_value=float(opt.max) if opt.max is not None else None))
+    return st.text_input(opt.name, value="" if opt.default is None else str(opt.default), help=opt.help, key=key)
+
+
+def demo_ready() -> bool:
+    """The demo model and its data are built (`python -m nsa demo build`)."""
+    from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
+
+    return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
+
+
+def model_input() -> str:
+    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="model-kind")
+    if kind == "demo":
+        if not demo_ready():
+            st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick a "
+                       "local folder / hub id.")
+        return "demo"
+    if kind == "local folder":
+        text = st.text_input("Model folder", key="model-path",
+                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
+        return str(ui.check_local_path(text)) if text else ""
+    return st.text_input("Hub id (must be cached when offline)", key="model-hub").strip()
+
+
+def build_spec() -> dict:
+    from nsa.calibration import list_calibration_sources
+    from nsa.datasets import list_tasks
+    from pruners.registry import get_method, list_methods
+
+    model = model_input()
+    demo = demo_ready()
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Pruner")
+        methods = list_methods()
+        method = st.selectbox("Method", methods, index=methods.index("wanda") if "wanda" in methods else 0,
+                              key="method")
+        m = get_method(method)
+        if m.help:
+            st.caption(m.help)
+        sparsity = st.slider("Sparsity", 0.0, 0.95, 0.5, 0.05, key="sparsity")
+        pattern = st.selectbox("Pattern", PATTERNS, key="pattern")
+        options = {}
+        if m.options:
+            with st.expander(f"{method} options", expanded=False):
+                options = {opt.name: option_widget(method, opt) for opt in m.options}
+        spec: dict = {"model": model, "prune": {"method": method, "sparsity": sparsity, "pattern": pattern,
+                                                "options": options}}
+        if m.needs:
+            st.subheader("Calibration")
+            sources = list_calibration_sources()
+            spec["calibration"] = {
+                "source": st.selectbox("Source", sources, key="calib-source",
+                                       index=sources.index("demo-generic" if demo else "wikitext2")),
+                "nsamples": int(st.number_input("nsamples", 1, 4096, 32, key="calib-n")),
+                "seqlen": int(st.number_input("seqlen", 8, 8192, 128, key="calib-seqlen")),
+                "seed": int(st.number_input("seed", 0, 2**31 - 1, 0, key="calib-seed"))}
+        else:
+            st.caption(f"{method} reads no calibration data.")
+    with right:
+        st.subheader("Evaluation")
+        tasks = list_tasks()
+        default = [t for t in (("demo-reviews", "demo-unseen") if demo else ("sst2",)) if t in tasks]
+        chosen = st.multiselect("Tasks", tasks, default=default, key="tasks")
+        limit = int(st.number_input("Examples per task (0 = all)", 0, 1_000_000, 200, key="eval-limit"))
+        if chosen:
+            spec["evaluate"] = {"tasks": chosen, "limit": limit or None}
+        st.subheader("Neuron semantic attribution")
+        if st.checkbox("Run NSA", value=True, key="nsa-on"):
+            labelled = list_tasks(kind="classification")
+            spec["nsa"] = {"task": st.selectbox("Labelled task", labelled, key="nsa-task",
+                                                index=labelled.index("demo-reviews" if demo else "sst2")),
+                           "words": st.selectbox("Influential words", ["learned", "gradient"], key="nsa-words"),
+                           "limit": int(st.number_input("NSA examples (0 = all)", 0, 1_000_000, 200,
+                                                        key="nsa-limit")) or None}
+    return spec
+
+
+def launch(spec_dict: dict) -> None:
+    from nsa.jobs.runs import run_dir
+    from nsa.jobs.spec import parse_spec
+    from nsa.jobs.store import JobStore
+    from nsa.jobs.worker import ensure_worker
+
+    if not spec_dict.get("model"):
+        raise NSAError("give a model: demo, a local folder, or a hub id")
+    spec = parse_spec(spec_dict)
+    if run_dir(spec.id).is_dir():
+        st.success(f"This spec already ran (run {spec.id}): opening its results.")
+        st.switch_page("pages/neurons.py", query_params={"run": spec.id})
+    job_id = JobStore().submit(spec)
+    ensure_worker()
+    st.session_state["last-job"] = job_id
+    st.toast(f"queued job {job_id}")
+
+
+@st.fragment(run_every=QUEUE_POLL_S)
+def queue() -> None:
+    """The job queue, re-read from the store every few seconds (only this fragment reruns)."""
+    from nsa.jobs.store import JobStore
+
+    jobs = JobStore().list()
+    if not jobs:
+        st.caption("No jobs yet.")
+        return
+    rows = [{"id": j.id, "status": j.status, "stage": j.stage, "progress": float(j.progress or 0.0),
+             "message": j.message, "model": j.spec.get("model"),
+             "method": (j.spec.get("prune") or {}).get("method"),
+             "created": time.strftime("%H:%M:%S", time.localtime(j.created))} for j in jobs]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="queue-table",
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
+                                                                            max_value=1.0, format="percent")})
+    for j in jobs[:20]:
+        if j.active:
+            c1, c2 = st.columns([4, 1])
+            c1.progress(float(j.progress or 0.0), text=f"{j.id} · {j.stage or j.status} · {j.message or ''}")
+            if c2.button("Cancel", key=f"cancel-{j.id}"):
+                JobStore().cancel(j.id)
+                st.rerun(scope="fragment")
+        elif j.status == "failed":
+            st.error(f"job {j.id} failed: {j.error or j.message}")
+            with st.expander(f"details of {j.id}"):
+                st.code(j.traceback or "(no traceback recorded)", language="text")
+        elif j.status == "done":
+            st.page_link("pages/neurons.py", label=f"Open results of {j.id}", query_params={"run": j.id})
+
+
+def body() -> None:
+    st.title("Run a pruning job")
+    with st.container(border=True):
+        spec = build_spec()
+        if st.button("Launch", type="primary", key="launch"):
+            try:
+                launch(spec)
+            except NSAError as err:
+                ui.show_error(err)
+        with st.expander("Job spec"):
+            st.json(spec)
+    st.subheader("Queue")
+    queue()
+
+
+ui.guarded(body)

@@ -1,0 +1,89 @@
+"""Semantics (NSA) page: influential words per class (editable, re-run with the edited list), the neuron–word
+matrix of the top neurons, clusters with the activation lost after pruning, and the validation (labelled vs
+random ablation)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import streamlit as st
+
+from nsa import figures, results, ui
+from nsa.atomic import write_json
+from nsa.paths import cache_dir
+
+
+def rerun_with_words(run_id: str, edited: pd.DataFrame) -> str:
+    """Save the edited word list as a word file under the cache and submit the run's spec with it."""
+    from nsa.jobs.store import JobStore
+    from nsa.jobs.worker import ensure_worker
+
+    rows = [{"word": str(r["word"]).strip(), "cluster": str(r["cluster"]), "score": float(r.get("score", 1.0))}
+            for _, r in edited.dropna(subset=["word"]).iterrows() if str(r["word"]).strip()]
+    payload = json.dumps(rows, sort_keys=True)
+    path = cache_dir() / "app" / "words" / f"{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
+    write_json(path, rows)
+    spec = dict(results.spec(run_id))
+    spec["nsa"] = {**(spec.get("nsa") or {}), "words": str(path)}
+    job_id = JobStore().submit(spec)
+    ensure_worker()
+    return job_id
+
+
+def body() -> None:
+    st.title("Semantics (NSA)")
+    run_id = ui.pick_run()
+    if run_id is None:
+        return
+    summary = results.nsa_summary(run_id)
+    st.caption(f"task {summary.get('task')} · {summary.get('n_examples')} examples · "
+               f"{(summary.get('neurons') or {}).get('labelled')} of {(summary.get('neurons') or {}).get('examined')}"
+               f" neurons labelled")
+
+    st.subheader("Influential words per class")
+    words = results.words(run_id)
+    view = words[[c for c in ("word", "cluster", "score", "frequency") if c in words.columns]]
+    edited = st.data_editor(view, num_rows="dynamic", hide_index=True, key="words-editor")
+    st.download_button("Download CSV", view.to_csv(index=False).encode(), "words.csv", "text/csv",
+                       key="csv-words", on_click="ignore")
+    if st.button("Re-run NSA with these words", key="rerun-words"):
+        job = rerun_with_words(run_id, edited)
+        st.success(f"queued job {job}; follow it on the Run page")
+
+    st.subheader("Neuron–word matrix (top neurons)")
+    matrix = results.neuron_word_matrix(run_id)
+    if matrix.empty:
+        st.info("No neuron was labelled in this run.")
+    else:
+        ui.chart(figures.neuron_word_heatmap(matrix), "neuron-word-matrix")
+
+    st.subheader("Clusters and activation lost after pruning")
+    cl = results.clusters(run_id)
+    if cl.empty:
+        st.info("This run has no cluster table (NSA without masks).")
+    else:
+        ui.chart(figures.cluster_loss(cl), "cluster-loss")
+        ui.table(cl, f"clusters-{run_id}")
+
+    st.subheader("Validation: ablating labelled vs random neurons")
+    val = results.validation(run_id)
+    if val.empty:
+        st.info("No validation recorded for this run.")
+        return
+    ui.chart(figures.validation_bars(val), "validation")
+    for r in val.itertuples(index=False):
+        if r.beats_random is None:
+            st.info(f"{r.cluster}: no labelled neuron, nothing to validate")
+        elif r.beats_random:
+            st.success(f"{r.cluster}: ablating its {r.n_neurons} labelled neurons drops accuracy "
+                       f"{r.labelled_drop:.1f} points vs {r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} "
+                       f"for random neurons")
+        else:
+            st.warning(f"{r.cluster}: the label set does NOT beat random ablation ({r.labelled_drop:.1f} vs "
+                     f"{r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} points): treat these labels as "
+                     f"unvalidated")
+    ui.table(val, f"validation-{run_id}")
+
+
+ui.guarded(body)

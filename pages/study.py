@@ -1,0 +1,214 @@
+"""Study page: define a grid (methods × calibration sets × sparsities × seeds), launch it, watch it, read it.
+
+Only calls into `nsa.study` and draws; the science (expansion, table, breakpoints, findings) lives there.
+The open study is in the URL (`?study=<name>`), so a copied link reopens it.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from nsa import ui
+from nsa.errors import NSAError
+from nsa.study import library, runner
+
+SPARSITY_CHOICES = [round(0.1 * k, 1) for k in range(1, 10)]
+
+
+def _options(loader, fallback: list[str]) -> list[str]:
+    try:
+        return list(loader())
+    except (ImportError, NSAError):
+        return fallback
+
+
+def _methods() -> list[str]:
+    def load():
+        from pruners.registry import list_methods
+
+        return list_methods()
+
+    return _options(load, ["magnitude", "wanda", "sparsegpt"])
+
+
+def _sources() -> list[str]:
+    def load():
+        from nsa.calibration import list_calibration_sources
+
+        return list_calibration_sources()
+
+    return _options(load, ["demo-generic", "demo-reviews"])
+
+
+def _tasks() -> list[str]:
+    def load():
+        from nsa.datasets import list_tasks
+
+        return [t for t in list_tasks() if t not in ("wikitext2", "c4")]
+
+    return _options(load, ["demo-reviews", "demo-unseen"])
+
+
+def _pick(options: list[str], wanted: list[str]) -> list[str]:
+    return [w for w in wanted if w in options] or options[:1]
+
+
+def model_input() -> str:
+    """As on the Run page: the demo model, a local folder (inside the allowed folders) or a cached hub id."""
+    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="study-model-kind")
+    if kind == "demo":
+        return "demo"
+    if kind == "local folder":
+        text = st.text_input("Model folder", key="study-model-path",
+                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
+        return str(ui.check_local_path(text)) if text else ""
+    return st.text_input("Hub id (must be cached when offline)", key="study-model-hub").strip()
+
+
+def define_form() -> None:
+    """The study form: the Run page's settings as a base spec, with lists where a study sweeps."""
+    model = model_input()
+    with st.form("define-study"):
+        name = st.text_input("Study name", value="my-study", key="study-name", help="letters, digits, '_', '-' or '.'")
+        pattern = st.selectbox("Pattern", ["unstructured", "2:4", "4:8"], key="study-pattern")
+        methods = st.multiselect("Methods (axis)", _methods(), key="study-methods", default=_pick(_methods(), ["magnitude", "wanda",
+                                                                                        "sparsegpt"]))
+        sources = st.multiselect("Calibration sources (axis)", _sources(), key="study-sources",
+                                 default=_pick(_sources(), ["demo-generic", "demo-reviews"]))
+        sparsities = st.multiselect("Sparsities (axis)", SPARSITY_CHOICES, key="study-sparsities", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+        c3, c4, c5 = st.columns(3)
+        n_seeds = c3.number_input("Calibration seeds", key="study-seeds", min_value=1, max_value=10, value=3, help="seeds 0..n-1")
+        nsamples = c4.number_input("Calibration samples", key="study-nsamples", min_value=1, max_value=1024, value=16)
+        seqlen = c5.number_input("Sequence length", key="study-seqlen", min_value=8, max_value=8192, value=128)
+        tasks = st.multiselect("Tasks", _tasks(), key="study-tasks", default=_pick(_tasks(), ["demo-reviews", "demo-unseen"]))
+        c6, c7 = st.columns(2)
+        limit = c6.number_input("Examples per task (0 = all)", key="study-limit", min_value=0, value=100)
+        max_runs = c7.number_input("Run limit (larger grids need confirming)", key="study-max-runs", min_value=1, value=200)
+        confirm = st.checkbox("Confirm a grid larger than the run limit", key="study-confirm")
+        submitted = st.form_submit_button("Save and run", type="primary")
+    if not submitted:
+        return
+    if not model:
+        st.error("Choose a model: the demo model, a local folder or a hub id.")
+        return
+    base = {"model": model, "prune": {"method": (methods or ["wanda"])[0], "sparsity": 0.5, "pattern": pattern},
+            "calibration": {"source": (sources or ["demo-generic"])[0], "nsamples": int(nsamples),
+                            "seqlen": int(seqlen), "seed": 0},
+            "evaluate": {"tasks": tasks, "limit": int(limit) or None}}
+    axes = {"method": methods, "source": sources, "sparsity": sorted(sparsities), "seed": list(range(int(n_seeds)))}
+    try:
+        study = library.make_study(name, base, axes, max_runs=int(max_runs))
+        plan = runner.plan(study)
+        runner.check_plan_size(plan, yes=confirm)
+        library.save_study(study)
+        launch(plan)
+    except NSAError as err:
+        st.error(str(err))
+        return
+    ui.set_params(study=study.name)
+    st.session_state["study-next"] = study.name  # selected in the picker on the rerun
+    st.rerun()
+
+
+def launch(plan: runner.StudyPlan) -> None:
+    if plan.to_run:
+        runner.submit(plan)
+        runner.ensure_worker()
+
+
+@st.fragment(run_every=3)
+def watch(name: str) -> None:
+    """Live progress of the study's runs in the shared queue (polled)."""
+    try:
+        plan = runner.plan(library.find_study(name))
+        state = runner.progress(plan)
+    except NSAError as err:
+        st.error(str(err))
+        return
+    st.progress(state.fraction, text=f"{state.summary()}" + (f" — {state.current}" if state.current else ""))
+    for message in state.failures.values():
+        st.warning(f"failed: {message}")
+    if state.active and st.button("Stop the study", key="stop-study"):
+        st.info(f"cancelled {runner.stop(plan)} runs; press Run to resume (finished runs are reused)")
+
+
+def show_results(name: str) -> None:
+    from nsa.study import report
+
+    try:
+        plan = runner.plan(library.find_study(name))
+        view = report.study_report(plan)
+    except NSAError as err:
+        st.error(str(err))
+        return
+    if view.table.empty:
+        st.info("No finished run yet: the table and plots appear as runs finish.")
+        return
+    st.subheader("Accuracy vs sparsity")
+    tasks = view.tasks
+    task = st.selectbox("Task", tasks, index=tasks.index(view.default_task) if view.default_task in tasks else 0)
+    ui.chart(view.accuracy_figure(task), f"{name}-accuracy")
+    if not view.breakpoints.empty:
+        st.caption("Sharp dropping point: two-segment piecewise-linear fit of accuracy vs sparsity; the interval is "
+                   "a Student-t 95% interval over seeds.")
+        ui.table(view.breakpoints, f"{name}-breakpoints")
+    st.subheader("Drop per task group")
+    ui.chart(view.group_figure(), f"{name}-groups")
+    _finding(view.group_effect, "Sentiment vs the other tasks (drop difference, paired per run)")
+    st.subheader("Calibration set × method")
+    ui.chart(view.heatmap(), f"{name}-calibration")
+    _finding(view.calibration_effect, "Calibration set effect (drop of source A − source B, paired)")
+    st.subheader("Results table")
+    ui.table(view.table, f"{name}-results")
+
+
+def _finding(frame, title: str) -> None:
+    st.markdown(f"**{title}**")
+    if frame.empty:
+        st.info(f"Not available: {frame.attrs.get('note', 'no data')}")
+    else:
+        st.dataframe(frame, hide_index=True)
+
+
+def main() -> None:
+    st.title("Study")
+    st.caption("A grid of runs — methods × calibration sets × sparsities × seeds — through the same queue as the "
+               "Run page, with the accuracy curves, the sharp dropping point and the paper's two findings.")
+    studies = list(library.list_studies())
+    current = st.query_params.get("study")
+    choices = studies + ["➕ define a new study"]
+    index = choices.index(current) if current in choices else 0
+    if st.session_state.get("study-next") in choices:
+        st.session_state["study-pick"] = st.session_state.pop("study-next")
+    choice = st.selectbox("Study", choices, index=index, key="study-pick")
+    if choice == choices[-1]:
+        define_form()
+        return
+    ui.set_params(study=choice)
+    try:
+        study = library.find_study(choice)
+    except NSAError as err:
+        st.error(str(err))
+        return
+    with st.expander("Definition", expanded=False):
+        st.code(library.dump_study(study), language="yaml")
+    try:
+        plan = runner.plan(study)
+    except NSAError as err:
+        st.error(str(err))
+        return
+    st.write(runner.plan_summary(plan))
+    if plan.to_run:
+        big = len(plan.runs) > study.max_runs
+        confirm = st.checkbox(f"Confirm {len(plan.runs)} runs (more than this study's limit of {study.max_runs})",
+                              key="confirm-study") if big else False
+        if st.button("Run the missing runs" if plan.finished else "Run", type="primary", key="run-study"):
+            try:
+                runner.check_plan_size(plan, yes=confirm)
+                launch(plan)
+            except NSAError as err:
+                st.error(str(err))
+    watch(choice)
+    show_results(choice)
+
+
+ui.guarded(main)

@@ -1,0 +1,255 @@
+"""AppTest of every page on runs made by the real pipeline: figures' data and tables' contents are checked
+against the run's artifacts."""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.app.conftest import ROOT
+
+TIMEOUT = 60
+
+
+def page(path: str, **params) -> AppTest:
+    """Render one page through app.py's st.navigation (so page links resolve) with URL parameters."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.switch_page(path)
+    return at.run()
+
+
+def spec_of(at: AppTest, i: int = 0) -> dict:
+    return json.loads(at.get("plotly_chart")[i].proto.spec)
+
+
+def values(v) -> np.ndarray:
+    """A plotly spec array: a plain list, or plotly's typed-array encoding {bdata, dtype, shape}."""
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+        return a.reshape([int(x) for x in str(v.get("shape", len(a))).split(",")]) if "shape" in v else a
+    return np.asarray(v, dtype=float)
+
+
+def qp(at: AppTest, key: str) -> str | None:
+    value = at.query_params.get(key)
+    return value[0] if isinstance(value, list) else value
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_neurons_page_heatmap_and_table(run_ids, cache_env):
+    from nsa import results
+
+    rid = run_ids[0]
+    at = page("pages/neurons.py", run=rid)
+    no_errors(at)
+    heat = spec_of(at, 0)["data"][0]
+    matrix = results.sparsity_matrix(rid)
+    assert heat["type"] == "heatmap"
+    assert heat["x"] == [str(c) for c in matrix.columns]
+    z = values(heat["z"])
+    assert z.shape == matrix.shape == (5, 7)  # stories260K: 5 layers × q,k,v,o,gate,up,down
+    np.testing.assert_allclose(z, matrix.to_numpy())
+    assert 0.45 < z.mean() < 0.55  # 50% sparsity
+    dist = spec_of(at, 1)["data"][0]
+    assert values(dist["z"]).sum() == len(results.neurons(rid))
+    table = at.dataframe[0].value
+    assert len(table) == min(50, len(results.neurons(rid)))
+    assert table["frac"].is_monotonic_decreasing
+    assert qp(at, "run") == rid
+
+
+def test_neuron_detail_view(run_ids, cache_env):
+    from nsa import results
+
+    rid = run_ids[0]
+    labelled = results.neurons(rid).query("label != ''")
+    target = labelled.iloc[0] if len(labelled) else results.neurons(rid).iloc[0]
+    at = page("pages/neurons.py", run=rid, layer=int(target["layer"]), neuron=int(target["index"]))
+    no_errors(at)
+    assert any(f"Neuron {int(target['index'])} of layer {int(target['layer'])}" in h.value for h in at.header)
+    mask = spec_of(at, 0)["data"][0]
+    masks = results.neuron_masks(rid, int(target["layer"]), int(target["index"]))
+    pruned = sum(int(v.sum()) for v in masks.values())
+    assert np.nansum(values(mask["z"])) == pruned
+    if len(labelled):
+        assert at.metric[2].value == target["label"]
+
+
+def test_bad_neuron_is_a_readable_error(run_ids, cache_env):
+    at = page("pages/neurons.py", run=run_ids[0], layer=0, neuron=10**7)
+    assert not at.exception
+    assert "has no neuron" in at.error[0].value
+
+
+def test_missing_artifact_offers_recompute(run_ids, cache_env):
+    from nsa.results import run_folder
+
+    rid = run_ids[1]
+    src = run_folder(rid) / "neurons.parquet"
+    saved = src.read_bytes()
+    src.unlink()
+    try:
+        at = page("pages/neurons.py", run=rid)
+        assert not at.exception
+        assert "neurons.parquet is missing" in at.error[0].value
+        assert any(b.label == "Recompute this run" for b in at.button)
+    finally:
+        src.write_bytes(saved)
+
+
+def test_semantics_page(run_ids, cache_env):
+    from nsa import results
+
+    rid = run_ids[0]
+    at = page("pages/semantics.py", run=rid)
+    no_errors(at)
+    words = results.words(rid)
+    editor = at.dataframe[0].value  # the editable word list (st.data_editor)
+    assert editor["word"].tolist() == words["word"].tolist()
+    assert editor["cluster"].tolist() == words["cluster"].tolist()
+    figs = [spec_of(at, i) for i in range(len(at.get("plotly_chart")))]
+    titles = [f["layout"]["title"]["text"] for f in figs]
+    val = results.validation(rid)
+    if len(val):
+        v = next(f for f in figs if f["layout"]["title"]["text"].startswith("Validation"))
+        assert list(v["data"][0]["x"]) == val["cluster"].tolist()
+        np.testing.assert_allclose(values(v["data"][0]["y"]), val["labelled_drop"].astype(float))
+    assert titles, "no figure on the semantics page"
+    for r in val.itertuples(index=False):  # a label set that does not beat random is shown as such
+        if r.beats_random is False:
+            assert any(f"{r.cluster}: the label set does NOT beat random" in w.value for w in at.warning)
+
+
+def test_accuracy_page(run_ids, cache_env):
+    from nsa import results
+
+    rid = run_ids[0]
+    at = page("pages/accuracy.py", run=rid)
+    no_errors(at)
+    acc = results.accuracy(rid)
+    bars = spec_of(at, 0)["data"]
+    assert [b["name"] for b in bars] == ["dense", "pruned"]
+    dense = acc.query("model == 'dense' and task == 'sst2'")["value"].iloc[0]
+    assert values(bars[0]["y"])[0] == pytest.approx(dense)
+    assert at.subheader[0].value == "sentiment"
+
+
+def test_flipped_examples_link_to_neurons(run_ids, cache_env):
+    from nsa import results
+
+    with_flips = [r for r in run_ids if len(results.flips(r))]
+    if not with_flips:
+        pytest.skip("pruning flipped no example in the fixture runs")
+    rid = with_flips[0]
+    flips = results.flips(rid)
+    direction = flips["direction"].iloc[0]
+    at = page("pages/accuracy.py", run=rid, dir=direction)
+    no_errors(at)
+    first = flips[flips["direction"] == direction].iloc[0]
+    links = at.get("page_link")
+    assert len(links) == len(first["neurons"])
+    n = first["neurons"][0]
+    assert f"L{n['layer']}/{n['index']}" in links[0].proto.label
+    assert links[0].proto.page == "neurons"
+    assert links[0].proto.query_string == f"run={rid}&layer={n['layer']}&neuron={n['index']}"
+
+
+def test_queue_shows_and_cancels_a_job(cache_env, stories_dir):
+    from nsa.jobs.store import JobStore
+    from tests.app.conftest import small_spec
+
+    spec = small_spec(stories_dir, "wanda")
+    spec["prune"]["sparsity"] = 0.3  # a spec that has not run: it stays queued (no worker in this test)
+    job_id = JobStore().submit(spec)
+    at = page("pages/run.py")
+    no_errors(at)
+    queue = at.dataframe[0].value
+    assert queue.loc[queue["id"] == job_id, "status"].item() == "queued"
+    at.button(key=f"cancel-{job_id}").click().run()
+    assert JobStore().get(job_id).status == "cancelled"
+
+
+def test_compare_page(run_ids, cache_env):
+    from nsa import results
+
+    at = page("pages/compare.py", runs=",".join(run_ids))
+    no_errors(at)
+    jac = results.mask_jaccard(run_ids[0], run_ids[1])
+    assert ((jac["jaccard"] >= 0) & (jac["jaccard"] <= 1)).all()
+    lines = spec_of(at, 1)["data"]
+    assert sorted(tr["name"] for tr in lines) == sorted(jac["module"].unique())
+
+
+def test_run_page_form_from_registry(cache_env):
+    from pruners.registry import get_method
+
+    at = page("pages/run.py")
+    no_errors(at)
+    assert at.selectbox(key="method").value == "wanda"
+    at.selectbox(key="method").set_value("sparsegpt").run()
+    no_errors(at)
+    declared = {o.name for o in get_method("sparsegpt").options}
+    generated = {w.key.split("-", 2)[2] for w in list(at.number_input) + list(at.selectbox) + list(at.checkbox)
+                 if w.key and w.key.startswith("opt-sparsegpt-")}
+    assert generated == declared
+
+
+def test_run_page_rejects_path_outside_allowed(cache_env, tmp_path):
+    at = page("pages/run.py")
+    at.radio(key="model-kind").set_value("local folder").run()
+    at.text_input(key="model-path").input(str(tmp_path.parent.parent / "elsewhere")).run()
+    assert not at.exception
+    assert "outside the folders this app may read" in at.error[0].value
+
+
+def test_open_neuron_form_puts_it_in_the_url(run_ids, cache_env):
+    at = page("pages/neurons.py", run=run_ids[0])
+    at.number_input(key="go-layer").set_value(2)
+    at.number_input(key="go-index").set_value(7)
+    submit = [b for b in at.button if b.label == "Open neuron"][0]
+    submit.click().run()
+    no_errors(at)
+    assert qp(at, "layer") == "2" and qp(at, "neuron") == "7"
+    assert any("Neuron 7 of layer 2" in h.value for h in at.header)
+
+
+def test_launching_a_spec_that_already_ran_opens_its_results(run_ids, cache_env, stories_dir, monkeypatch):
+    monkeypatch.setenv("NSA_ALLOWED_DIRS", str(stories_dir.parent))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    no_errors(at)
+    at.radio(key="model-kind").set_value("local folder").run()
+    at.text_input(key="model-path").input(str(stories_dir)).run()
+    at.selectbox(key="calib-source").set_value("wikitext2").run()
+    at.number_input(key="calib-n").set_value(4)
+    at.number_input(key="calib-seqlen").set_value(64)
+    at.multiselect(key="tasks").set_value(["sst2"])
+    at.number_input(key="eval-limit").set_value(24)
+    at.selectbox(key="nsa-task").set_value("sst2")
+    at.number_input(key="nsa-limit").set_value(24).run()
+    no_errors(at)
+    at.button(key="launch").click().run()
+    no_errors(at)
+    from nsa.jobs.spec import parse_spec
+    from tests.app.conftest import small_spec
+
+    expected = parse_spec(small_spec(stories_dir, "wanda")).id
+    assert qp(at, "run") == expected
+    assert at.title[0].value == "Pruned neurons"
+
+
+def test_launch_with_bad_input_is_a_readable_error(cache_env):
+    at = page("pages/run.py")
+    at.radio(key="model-kind").set_value("hub id").run()
+    at.button(key="launch").click().run()
+    assert not at.exception
+    assert "give a model" in at.error[0].value

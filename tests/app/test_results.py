@@ -1,0 +1,67 @@
+"""nsa.results on the fixture runs: pagination equals a full sort, histograms count every neuron, corrupt or
+missing artifacts become ArtifactError, paths typed into the app stay inside the allowed folders."""
+from __future__ import annotations
+
+import pytest
+
+from nsa import results
+from nsa.errors import NSAError
+
+
+def test_page_of_matches_full_sort(run_ids):
+    df = results.neurons(run_ids[0])
+    full = df.sort_values("frac_out", ascending=False, kind="stable")
+    for page in (0, 2):
+        rows, n_pages = results.page_of(df, "frac_out", True, page, 25)
+        assert n_pages == -(-len(df) // 25)
+        assert rows["frac_out"].tolist() == full["frac_out"].iloc[page * 25:(page + 1) * 25].tolist()
+
+
+def test_filters_and_histogram(run_ids):
+    df = results.neurons(run_ids[0])
+    assert set(results.filter_neurons(df, layer=1)["layer"]) == {1}
+    assert (results.filter_neurons(df, min_frac=0.6)["frac"] >= 0.6).all()
+    hist = results.fraction_histogram(run_ids[0])
+    assert hist["count"].sum() == len(df)
+    assert hist.groupby("layer")["count"].sum().tolist() == df.groupby("layer").size().tolist()
+
+
+def test_module_sparsity_matches_masks(run_ids):
+    from safetensors.torch import load_file
+
+    rid = run_ids[0]
+    masks = load_file(str(results.run_folder(rid) / "masks.safetensors"))
+    table = results.module_sparsity(rid).set_index("param")
+    for name, m in masks.items():
+        assert table.loc[name, "sparsity"] == pytest.approx(m.float().mean().item())
+
+
+def test_jaccard_of_a_run_with_itself_is_one(run_ids):
+    jac = results.mask_jaccard(run_ids[0], run_ids[0])
+    assert (jac["jaccard"] == 1.0).all() and len(jac) == 35
+
+
+def test_corrupt_and_missing_artifacts(run_ids):
+    rid = run_ids[1]
+    path = results.run_folder(rid) / "nsa" / "summary.json"
+    saved = path.read_bytes()
+    try:
+        path.write_text("{not json")
+        with pytest.raises(results.ArtifactError, match="nsa/summary.json is corrupt"):
+            results.nsa_summary(rid)
+    finally:
+        path.write_bytes(saved)
+    with pytest.raises(results.ArtifactError, match="does not exist"):
+        results.run_folder("0123456789abcdef")
+    with pytest.raises(NSAError, match="not a run id"):
+        results.run_folder("../etc")
+
+
+def test_local_paths_only_inside_allowed_folders(cache_env, tmp_path, monkeypatch):
+    from nsa.ui import check_local_path
+
+    assert check_local_path(str(cache_env / "x")) == (cache_env / "x").resolve()
+    with pytest.raises(NSAError, match="NSA_ALLOWED_DIRS"):
+        check_local_path("/etc")
+    monkeypatch.setenv("NSA_ALLOWED_DIRS", "/etc")
+    assert check_local_path("/etc/hosts") == __import__("pathlib").Path("/etc/hosts")
