@@ -1,0 +1,216 @@
+"""Run a study through the shared job queue: plan (what is finished), submit, follow, stop.
+
+The study adds nothing to the job system: each run is an ordinary job (`nsa.jobs.store.JobStore`), run by the
+ordinary worker, so the app's queue shows it and a run shared with another study or a single launch is done
+once. Stopping cancels the study's unfinished jobs; running the study again submits only what is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nsa.study.expand import StudyRun, check_size, expand, is_finished, run_folder
+from nsa.study.spec import StudySpec
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class StudyPlan:
+    """A study's distinct runs and which of them are finished (reused, not recomputed)."""
+
+    study: StudySpec
+    runs: list[StudyRun]
+    finished: set[str]
+
+    @property
+    def to_run(self) -> list[StudyRun]:
+        return [r for r in self.runs if r.run_id not in self.finished]
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.run_id for r in self.runs]
+
+
+@dataclass
+class StudyProgress:
+    """Where a study's runs stand in the queue. `partial` = summed progress fractions of running jobs."""
+
+    total: int
+    done: int = 0
+    running: int = 0
+    queued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    missing: int = 0  # neither finished nor in the queue (not submitted yet, or its job was deleted)
+    partial: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+    current: str = ""
+
+    @property
+    def active(self) -> int:
+        return self.running + self.queued
+
+    @property
+    def fraction(self) -> float:
+        return (self.done + self.partial) / self.total if self.total else 1.0
+
+    def short(self) -> str:
+        parts = [f"{self.running} running", f"{self.queued} queued"]
+        parts += [f"{n} {k}" for k, n in (("failed", self.failed), ("cancelled", self.cancelled)) if n]
+        return ", ".join(parts) + (f" | {self.current}" if self.current else "")
+
+    def summary(self) -> str:
+        parts = [f"{self.done} of {self.total} runs finished"]
+        parts += [f"{n} {k}" for k, n in (("running", self.running), ("queued", self.queued), ("failed", self.failed),
+                                           ("cancelled", self.cancelled), ("not submitted", self.missing)) if n]
+        return ", ".join(parts)
+
+
+def plan(study: StudySpec) -> StudyPlan:
+    """Expand the study and look up which runs already have their results."""
+    runs = expand(study)
+    return StudyPlan(study=study, runs=runs, finished={r.run_id for r in runs if is_finished(r.run_id)})
+
+
+def check_plan_size(p: StudyPlan, yes: bool) -> None:
+    check_size(p.runs, p.study.max_runs, yes)
+
+
+def plan_summary(p: StudyPlan) -> str:
+    merged = p.study.size - len(p.runs)
+    extra = f" ({p.study.size} grid points, {merged} identical to another)" if merged else ""
+    return (f"study {p.study.name}: {len(p.runs)} runs{extra}; {len(p.finished)} finished (reused), "
+            f"{len(p.to_run)} to run")
+
+
+def submit(p: StudyPlan, store=None) -> list[str]:
+    """Queue every unfinished run (the store merges a spec already queued or running); returns their ids."""
+    store = store or _store()
+    ids = []
+    for run in p.to_run:
+        ids.append(store.submit(run.spec))
+    return ids
+
+
+def ensure_worker() -> None:
+    """Start a background worker when none is running (the job system decides how)."""
+    from nsa.jobs import worker
+
+    worker.ensure_worker()
+
+
+def run_here(p: StudyPlan, store=None, on_event=None, on_run=None) -> dict[str, str]:
+    """Run the study's queued jobs in this process, one after another (as `python -m nsa run` does for one).
+
+    The model and libraries are imported once instead of once per job (a worker starts a fresh process per
+    job). A job another process already runs is left to it. `on_event(run, event)` gets each progress event,
+    `on_run(run, status)` each outcome; returns {run_id: status}. Ctrl-C marks the running job cancelled
+    (and propagates).
+    """
+    import os
+    import threading
+
+    from nsa.jobs.worker import BEAT_S, run_in_process
+
+    store = store or _store()
+    pid = os.getpid()
+    outcome: dict[str, str] = {}
+    for run in p.to_run:
+        if not store.claim(run.run_id, pid):
+            continue  # running in a worker, finished meanwhile, or not queued
+        stop = threading.Event()
+        beat = threading.Thread(target=_beat, args=(store, pid, run.run_id, stop, BEAT_S), daemon=True)
+        beat.start()
+        try:
+            also = (lambda event, run=run: on_event(run, event)) if on_event else None
+            outcome[run.run_id] = run_in_process(store, store.get(run.run_id), also=also, child=False)
+        finally:
+            stop.set()
+            store.worker_gone(pid)
+        if outcome[run.run_id] == "done":
+            p.finished.add(run.run_id)
+        if on_run:
+            on_run(run, outcome[run.run_id])
+    return outcome
+
+
+def _beat(store, pid: int, run_id: str, stop, every_s: float) -> None:
+    while not stop.wait(every_s):
+        store.worker_beat(pid, run_id)
+
+
+def progress(p: StudyPlan, store=None) -> StudyProgress:
+    """The study's state from the queue and the run folders."""
+    store = store or _store()
+    state = StudyProgress(total=len(p.runs))
+    for run in p.runs:
+        if run.run_id in p.finished or is_finished(run.run_id):
+            p.finished.add(run.run_id)
+            state.done += 1
+            continue
+        job = _get(store, run.run_id)
+        status = _field(job, "status") if job is not None else None
+        if status == "running":
+            state.running += 1
+            state.partial += float(_field(job, "progress") or 0.0)
+            state.current = f"{run.label()}: {_field(job, 'stage') or ''} {_field(job, 'message') or ''}".strip()
+        elif status == "queued":
+            state.queued += 1
+        elif status == "failed":
+            state.failed += 1
+            state.failures[run.run_id] = f"{run.label()}: {_first_line(_field(job, 'error') or _field(job, 'message'))}"
+        elif status == "cancelled":
+            state.cancelled += 1
+        elif status == "done":  # done but without a comparison: the spec evaluated no accuracy task
+            state.done += 1
+        else:
+            state.missing += 1
+    return state
+
+
+def stop(p: StudyPlan, store=None) -> int:
+    """Cancel the study's queued and running jobs; returns how many were cancelled."""
+    store = store or _store()
+    n = 0
+    for run in p.runs:
+        job = _get(store, run.run_id)
+        if job is not None and _field(job, "status") in ACTIVE:
+            store.cancel(run.run_id)
+            n += 1
+    return n
+
+
+def job_of(run: StudyRun, store=None):
+    """The queue's record of a run (None when it was never submitted)."""
+    return _get(store or _store(), run.run_id)
+
+
+def study_table(p: StudyPlan):
+    """The results table (`nsa.study.results`) of the study's finished runs."""
+    from nsa.study.results import results_table
+
+    return results_table(run_folder(r.run_id) for r in p.runs if is_finished(r.run_id))
+
+
+def _store():
+    from nsa.jobs.store import JobStore
+
+    return JobStore()
+
+
+def _get(store, run_id: str):
+    from nsa.errors import NSAError
+
+    try:
+        return store.get(run_id)
+    except (KeyError, NSAError):
+        return None
+
+
+def _field(job, name: str):
+    return job.get(name) if isinstance(job, dict) else getattr(job, name, None)
+
+
+def _first_line(text) -> str:
+    text = str(text or "unknown error").strip()
+    return text.splitlines()[0] if text else "unknown error"
