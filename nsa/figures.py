@@ -96,6 +96,16 @@ def validation_bars(df: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Validation: labelled vs random ablation", height=360)
 
 
+def validation_margin_bars(df: pd.DataFrame) -> go.Figure:
+    """Gold-margin drop (nats) when ablating the labelled neurons vs random neurons (mean ± std)."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df["labelled_margin_drop"]))
+    fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df["random_margin_drop_mean"],
+                         error_y=dict(type="data", array=df["random_margin_drop_std"].fillna(0).tolist())))
+    fig.update_layout(barmode="group", yaxis_title="gold margin lost (nats)")
+    return _layout(fig, "Validation: confidence lost, labelled vs random ablation", height=360)
+
+
 def jaccard_lines(df: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for module, part in df.groupby("module"):

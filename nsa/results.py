@@ -442,7 +442,7 @@ def _scalar(v: Any) -> float:
 def validation(run_id: str) -> pd.DataFrame:
     """Per cluster: labelled_drop, random_drop_mean, random_drop_std, n_neurons, beats_random (labelled drop
     above the random mean + 1 std unless the summary records its own verdict; None when the cluster has no
-    labelled neuron)."""
+    labelled neuron), and the same for the gold-margin drop in nats (None for runs made before it existed)."""
     summary = nsa_summary(run_id)
     detail = (summary.get("validation_detail") or {}).get("clusters") or {}
     rows = []
@@ -454,10 +454,17 @@ def validation(run_id: str) -> pd.DataFrame:
         if beats is None and lab is not None and mean is not None:
             beats = bool(lab > mean + (std or 0.0))
         beats = None if lab is None else beats
+        beats_margin = None if lab is None else (detail.get(cluster) or {}).get("beats_random_margin")
         rows.append({"cluster": cluster, "labelled_drop": lab, "random_drop_mean": mean,
-                     "random_drop_std": std, "n_neurons": v.get("n_neurons"), "beats_random": beats})
+                     "random_drop_std": std, "n_neurons": v.get("n_neurons"), "beats_random": beats,
+                     "labelled_margin_drop": v.get("labelled_margin_drop"),
+                     "random_margin_drop_mean": v.get("random_margin_drop_mean"),
+                     "random_margin_drop_std": v.get("random_margin_drop_std"),
+                     "beats_random_margin": beats_margin})
     return pd.DataFrame(rows, columns=["cluster", "labelled_drop", "random_drop_mean", "random_drop_std",
-                                       "n_neurons", "beats_random"])
+                                       "n_neurons", "beats_random", "labelled_margin_drop",
+                                       "random_margin_drop_mean", "random_margin_drop_std",
+                                       "beats_random_margin"])
 
 
 # --- accuracy ----------------------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ seeds (>= 3). Drops are in accuracy points (100 x (baseline - ablated)); `random
 standard deviation over seeds. A label set beats random when its drop exceeds the random mean by more than
 two random standard deviations (`beats_random`, reported beside the figures, not inside them).
 
+Accuracy saturates: a confident model keeps every answer although ablation moved its log-likelihoods. So
+each ablation also reports the mean drop of the gold margin, log p(gold) - max log p(other choice), in nats,
+over the examples of the cluster's own class when the cluster is a label name (ablating "negative" neurons
+should cost confidence on negative examples) and over all examples otherwise (`labelled_margin_drop`,
+`random_margin_drop_mean/std`, `beats_random_margin` with the same two-sigma rule).
+
 `loss_accuracy_correlation` relates, across runs (tasks, calibration sets, sparsities), each cluster's
 relative activation loss to the run's accuracy drop (Pearson and Spearman).
 """
@@ -35,14 +41,33 @@ class ValidationConfig:
 def task_accuracy(model, tokenizer, task: str, limit: int | None, batch_size: int = 16,
                   sites=None, neurons: dict[int, list[int]] | None = None) -> float:
     """Accuracy (0..1) of `model` on `task` through the evaluator, with `neurons` zeroed when given."""
+    return task_scores(model, tokenizer, task, limit, batch_size, sites, neurons)[0]
+
+
+def task_scores(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, sites=None,
+                neurons: dict[int, list[int]] | None = None) -> tuple[float, list[tuple[int, float]]]:
+    """(accuracy 0..1, [(gold, gold margin in nats) per example]) with `neurons` zeroed when given."""
     from nsa.evaluation import run_evaluation
 
     if neurons:
         with ablate(sites, neurons):
-            summary, _ = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
+            summary, records = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
     else:
-        summary, _ = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
-    return float(summary["tasks"][task if isinstance(task, str) else task.name]["acc"])
+        summary, records = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
+    name = task if isinstance(task, str) else task.name
+    margins = [(r["gold"], gold_margin(r["loglik"], r["gold"])) for r in records[name]]
+    return float(summary["tasks"][name]["acc"]), margins
+
+
+def gold_margin(loglik: list[float], gold: int) -> float:
+    """log p(gold) - max log p(other choice): > 0 when the model answers right, larger when surer."""
+    return loglik[gold] - max(v for i, v in enumerate(loglik) if i != gold)
+
+
+def margin_drop(before: list[tuple[int, float]], after: list[tuple[int, float]], gold: int | None) -> float:
+    """Mean margin lost (nats) over the examples whose gold is `gold` (all examples when None)."""
+    pairs = [(b, a) for (g, b), (_, a) in zip(before, after) if gold is None or g == gold]
+    return sum(b - a for b, a in pairs) / len(pairs) if pairs else 0.0
 
 
 def cluster_neurons(labels: list[dict], cluster: str, n: int) -> list[tuple[int, int]]:
@@ -94,35 +119,59 @@ def validate(model, tokenizer, task: str, limit: int | None, sites, sizes: list[
 
             progress(ProgressEvent(done / steps, message, "validation"))
 
-    base = task_accuracy(model, tokenizer, task, limit, config.batch_size)
+    base, base_margins = task_scores(model, tokenizer, task, limit, config.batch_size)
     tick("validation: baseline accuracy")
+    label_names = _label_names(task)
     summary, details = {}, {"baseline_accuracy": base, "clusters": {}}
     for cluster in clusters:
         chosen = cluster_neurons(labels, cluster, config.n_neurons)
         if not chosen:
             summary[cluster] = {"labelled_drop": None, "random_drop_mean": None, "random_drop_std": None,
-                                "n_neurons": 0}
+                                "n_neurons": 0, "labelled_margin_drop": None, "random_margin_drop_mean": None,
+                                "random_margin_drop_std": None}
             details["clusters"][cluster] = {"note": "no labelled neuron in this cluster"}
             done += 1 + config.seeds
             continue
-        acc = task_accuracy(model, tokenizer, task, limit, config.batch_size, sites, _as_dict(chosen))
+        gold = label_names.index(cluster) if cluster in label_names else None
+        acc, margins = task_scores(model, tokenizer, task, limit, config.batch_size, sites, _as_dict(chosen))
         tick(f"validation: ablate {cluster}")
         exclude = {(lab["layer"], lab["index"]) for lab in labels if lab["cluster"] == cluster}
-        random_drops = []
+        random_drops, random_margins = [], []
         for seed in range(config.seeds):
             control = random_like(chosen, sizes, exclude, seed)
-            r_acc = task_accuracy(model, tokenizer, task, limit, config.batch_size, sites, _as_dict(control))
+            r_acc, r_margins = task_scores(model, tokenizer, task, limit, config.batch_size, sites,
+                                           _as_dict(control))
             random_drops.append(100.0 * (base - r_acc))
+            random_margins.append(margin_drop(base_margins, r_margins, gold))
             tick(f"validation: random control {seed + 1}/{config.seeds} for {cluster}")
-        mean = sum(random_drops) / len(random_drops)
-        std = math.sqrt(sum((x - mean) ** 2 for x in random_drops) / (len(random_drops) - 1))
+        mean, std = _mean_std(random_drops)
+        m_mean, m_std = _mean_std(random_margins)
         drop = 100.0 * (base - acc)
+        m_drop = margin_drop(base_margins, margins, gold)
         summary[cluster] = {"labelled_drop": drop, "random_drop_mean": mean, "random_drop_std": std,
-                            "n_neurons": len(chosen)}
+                            "n_neurons": len(chosen), "labelled_margin_drop": m_drop,
+                            "random_margin_drop_mean": m_mean, "random_margin_drop_std": m_std}
         details["clusters"][cluster] = {"ablated_accuracy": acc, "random_drops": random_drops,
+                                        "random_margin_drops": random_margins,
+                                        "margin_examples": "class " + cluster if gold is not None else "all",
                                         "neurons": [list(x) for x in chosen],
-                                        "beats_random": drop > mean + 2 * std}
+                                        "beats_random": drop > mean + 2 * std,
+                                        "beats_random_margin": m_drop > m_mean + 2 * m_std}
     return summary, details
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
+
+
+def _label_names(task) -> list[str]:
+    """The task's class names (empty for tasks without fixed labels)."""
+    from nsa.datasets import get_task
+
+    spec = get_task(task) if isinstance(task, str) else task
+    return list(getattr(spec, "label_names", None) or [])
 
 
 # --- activation loss vs accuracy drop across runs -------------------------------------------------------------

@@ -71,7 +71,15 @@ def body() -> None:
     if val.empty:
         st.info("No validation recorded for this run.")
         return
-    ui.chart(figures.validation_bars(val), "validation")
+    has_margin = val["labelled_margin_drop"].notna().any()
+    cols = st.columns(2) if has_margin else [st.container()]
+    with cols[0]:
+        ui.chart(figures.validation_bars(val), "validation")
+    if has_margin:
+        with cols[1]:
+            ui.chart(figures.validation_margin_bars(val), "validation-margin")
+        st.caption("Accuracy saturates on a confident model, so the gold margin (log p(gold) − max log p(other), "
+                   "nats, over the cluster's own class) is shown too.")
     for r in val.itertuples(index=False):
         if r.beats_random is None:
             st.info(f"{r.cluster}: no labelled neuron, nothing to validate")
@@ -80,9 +88,13 @@ def body() -> None:
                        f"{r.labelled_drop:.1f} points vs {r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} "
                        f"for random neurons")
         else:
-            st.warning(f"{r.cluster}: the label set does NOT beat random ablation ({r.labelled_drop:.1f} vs "
-                     f"{r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} points): treat these labels as "
-                     f"unvalidated")
+            margin = ""
+            if r.beats_random_margin:
+                margin = (f" — but it does cost more confidence than random ({r.labelled_margin_drop:.2f} vs "
+                          f"{r.random_margin_drop_mean:.2f} ± {r.random_margin_drop_std or 0:.2f} nats)")
+            st.warning(f"{r.cluster}: the label set does NOT beat random ablation in accuracy "
+                       f"({r.labelled_drop:.1f} vs {r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} points)"
+                       f"{margin}" + ("" if margin else ": treat these labels as unvalidated"))
     ui.table(val, f"validation-{run_id}")
 
 

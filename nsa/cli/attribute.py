@@ -107,4 +107,6 @@ def print_summary(summary: dict) -> None:
             print(f"  ablate {cluster:12s} no labelled neurons")
             continue
         print(f"  ablate {cluster:12s} top-{v['n_neurons']} labelled: drop {v['labelled_drop']:.2f} points; "
-              f"random: {v['random_drop_mean']:.2f} +- {v['random_drop_std']:.2f}")
+              f"random: {v['random_drop_mean']:.2f} +- {v['random_drop_std']:.2f}; gold margin lost "
+              f"{v['labelled_margin_drop']:.3f} nats, random {v['random_margin_drop_mean']:.3f} "
+              f"+- {v['random_margin_drop_std']:.3f}")

@@ -124,6 +124,8 @@ def test_semantics_page(run_ids, cache_env):
         v = next(f for f in figs if f["layout"]["title"]["text"].startswith("Validation"))
         assert list(v["data"][0]["x"]) == val["cluster"].tolist()
         np.testing.assert_allclose(values(v["data"][0]["y"]), val["labelled_drop"].astype(float))
+        m = next(f for f in figs if f["layout"]["title"]["text"].startswith("Validation: confidence"))
+        np.testing.assert_allclose(values(m["data"][0]["y"]), val["labelled_margin_drop"].astype(float))
     assert titles, "no figure on the semantics page"
     for r in val.itertuples(index=False):  # a label set that does not beat random is shown as such
         if r.beats_random is False:

@@ -10,6 +10,8 @@ import torch
 from nsa.attribution import AttributionConfig, attribute
 from nsa.errors import NSAError
 from nsa.matching import MatchConfig
+from nsa.evaluation import run_evaluation
+from nsa.neurons import ablate
 from nsa.validation import ValidationConfig, task_accuracy
 from nsa.words import WordConfig
 
@@ -63,7 +65,8 @@ def test_tables_and_summary_contract(run):
     assert sum(c["labelled"] for c in per.values()) == len(labels)
     assert set(summary["validation"]) == {"negative", "positive"}
     for entry in summary["validation"].values():
-        assert set(entry) == {"labelled_drop", "random_drop_mean", "random_drop_std", "n_neurons"}
+        assert set(entry) == {"labelled_drop", "random_drop_mean", "random_drop_std", "n_neurons",
+                              "labelled_margin_drop", "random_margin_drop_mean", "random_margin_drop_std"}
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     for lab in labels:
@@ -119,6 +122,16 @@ def test_validation_drop_is_the_ablated_accuracy(stories, run):
         acc = task_accuracy(model, tok, "sst2", LIMIT, 16, neuron_sites(model), neurons)
         assert summary["validation"][cluster]["labelled_drop"] == pytest.approx(100 * (base - acc))
         assert len(detail["random_drops"]) == 3
+        # the margin drop: mean over this class's examples of (gold - other) log-likelihood lost, by hand
+        gold_class = ["negative", "positive"].index(cluster)
+        _, before = run_evaluation(model, tok, "sst2", limit=LIMIT)
+        with ablate(neuron_sites(model), neurons):
+            _, after = run_evaluation(model, tok, "sst2", limit=LIMIT)
+        lost = [(b["loglik"][g] - b["loglik"][1 - g]) - (a["loglik"][g] - a["loglik"][1 - g])
+                for b, a in zip(before["sst2"], after["sst2"]) if (g := b["gold"]) == gold_class]
+        assert summary["validation"][cluster]["labelled_margin_drop"] == pytest.approx(sum(lost) / len(lost),
+                                                                                        abs=1e-6)
+        assert len(detail["random_margin_drops"]) == 3
 
 
 def test_masks_of_another_model_are_refused(stories, tiny, tmp_path):
