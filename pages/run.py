@@ -42,8 +42,12 @@ def demo_ready() -> bool:
 
 
 def model_input() -> str:
-    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="model-kind")
+    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="model-kind",
+                    format_func=lambda k: "demo (synthetic)" if k == "demo" else k)
     if kind == "demo":
+        st.caption("SYNTHETIC: a 4.2M-parameter Llama trained by this project on templated reviews and neutral "
+                   "text (`demo-*` tasks and calibration sets are synthetic too). For learning the tool; its "
+                   "numbers say nothing about real language models.")
         if not demo_ready():
             st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick a "
                        "local folder / hub id.")

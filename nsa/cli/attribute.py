@@ -32,7 +32,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--alpha", type=float, default=m.alpha, help="Benjamini-Hochberg FDR of the labelling test")
     p.add_argument("--min-occurrences", type=int, default=m.min_occurrences, help="occurrences a word needs to be tested")
     p.add_argument("--min-selectivity", type=float, default=m.min_selectivity, help="minimum selectivity of a label word")
-    p.add_argument("--n-ablate", type=int, default=v.n_neurons, help="labelled neurons ablated per cluster")
+    p.add_argument("--n-ablate", type=int, default=v.n_neurons,
+                   help=f"labelled neurons ablated per cluster (default: {v.share:.0%} of the MLP neurons, "
+                        f"at least 10)")
     p.add_argument("--seeds", type=int, default=v.seeds, help="random-ablation seeds (>= 3)")
     p.add_argument("--no-validation", action="store_true", help="skip the ablation check")
     p.add_argument("--batch-size", type=int, default=m.batch_size)
@@ -48,7 +50,7 @@ def config_from_args(args: argparse.Namespace):
     from nsa.words import WordConfig
 
     for name in ("top_k", "min_df", "min_occurrences", "n_ablate", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise NSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if not 0 < args.alpha < 1:
         raise NSAError(f"--alpha must be between 0 and 1, got {args.alpha}")
