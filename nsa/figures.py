@@ -71,9 +71,10 @@ def accuracy_bars(df: pd.DataFrame, color: str = "model", title: str = "Accuracy
 
 
 def neuron_word_heatmap(matrix: pd.DataFrame) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=list(matrix.columns), y=list(matrix.index),
-                               colorscale="Magma", colorbar=dict(title="mean act."),
-                               hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>"))
+    """Selectivity (σ) of each top neuron on its significant words; blank = not significant for that neuron."""
+    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(dtype=float), x=list(matrix.columns), y=list(matrix.index),
+                               colorscale="Viridis", zmin=0, colorbar=dict(title="selectivity (σ)"),
+                               hoverongaps=False, hovertemplate="%{y} × %{x}: %{z:.2f} σ<extra></extra>"))
     fig.update_yaxes(autorange="reversed")
     return _layout(fig, "Top neurons × their significant words", height=max(300, 16 * len(matrix) + 140))
 

@@ -414,7 +414,8 @@ def clusters(run_id: str) -> pd.DataFrame:
 
 
 def neuron_word_matrix(run_id: str, top: int = 25) -> pd.DataFrame:
-    """Top labelled neurons (by selectivity) × their significant words, valued by mean activation on the word."""
+    """Top labelled neurons (by selectivity) × their significant words, valued by selectivity (σ above the
+    neuron's mean over all text tokens); NaN where the word is not one of the neuron's significant words."""
     labels = read_table(run_id, "nsa/neuron_labels.jsonl")
     if labels.empty:
         return pd.DataFrame()
@@ -424,10 +425,10 @@ def neuron_word_matrix(run_id: str, top: int = 25) -> pd.DataFrame:
     for r in sel.itertuples(index=False):
         name = f"L{r.layer}/{r.index}"
         ws = list(r.words) if isinstance(r.words, (list, np.ndarray)) else []
-        vals = getattr(r, "mean_activation", None)
-        vals = list(vals) if isinstance(vals, (list, np.ndarray)) and len(vals) == len(ws) else [1.0] * len(ws)
+        vals = getattr(r, "selectivity", None)
+        vals = list(vals) if isinstance(vals, (list, np.ndarray)) and len(vals) == len(ws) else [np.nan] * len(ws)
         cells[name] = {w: float(v) for w, v in zip(ws, vals)}
-    return pd.DataFrame(cells).T.fillna(0.0)
+    return pd.DataFrame(cells).T
 
 
 def _scalar(v: Any) -> float:
@@ -489,6 +490,62 @@ def accuracy(run_id: str) -> pd.DataFrame:
     order = {g: i for i, g in enumerate(GROUP_ORDER)}
     df["_g"] = df["group"].map(lambda g: order.get(g, len(order)))
     return df.sort_values(["_g", "task", "model"], ignore_index=True).drop(columns="_g")
+
+
+def accuracy_table(run_id: str) -> pd.DataFrame:
+    """One row per task: dense and pruned accuracy with their 95% intervals, the drop in points with its
+    paired 95% interval, McNemar's p and the flip counts (from eval/comparison.json); sentiment first."""
+    acc = accuracy(run_id)
+    comparison = (eval_comparison(run_id) or {}).get("tasks") or {}
+    rows = []
+    for (group, task), part in acc.groupby(["group", "task"], sort=False):
+        row: dict[str, Any] = {"group": group, "task": task}
+        for r in part.itertuples(index=False):
+            row[r.model] = r.value
+            row[f"{r.model} 95% CI"] = _interval(r.lo, r.hi)
+            row["n"] = r.n
+        c = comparison.get(task) or {}
+        if c.get("drop") is not None:
+            lo, hi = c.get("drop_ci95") or (None, None)
+            row["drop (points)"] = 100 * c["drop"]
+            row["drop 95% CI"] = _interval(None if lo is None else 100 * lo, None if hi is None else 100 * hi)
+            row["McNemar p"] = c.get("mcnemar_p")
+            row["lost"], row["gained"] = c.get("n_lost"), c.get("n_gained")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interval(lo: Any, hi: Any) -> str:
+    return "" if lo is None or hi is None or pd.isna(lo) or pd.isna(hi) else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def eval_flips(run_id: str, task: str) -> pd.DataFrame:
+    """Examples of `task` whose correctness changed from dense to pruned, from the per-example evaluation
+    records: index, direction (lost = dense right, pruned wrong; gained = the reverse), gold and both
+    predictions, and the prompt text the model saw."""
+    from nsa.datasets import get_task, load_examples, prompt_for
+
+    dense = read_table(run_id, f"eval/dense/{task}.jsonl", required=False)
+    pruned = read_table(run_id, f"eval/pruned/{task}.jsonl", required=False)
+    cols = ["index", "direction", "gold", "dense_prediction", "pruned_prediction", "text"]
+    if dense is None or pruned is None or "correct" not in dense or "correct" not in pruned:
+        return pd.DataFrame(columns=cols)
+    both = dense[["index", "gold", "prediction", "correct"]].merge(
+        pruned[["index", "prediction", "correct"]], on="index", suffixes=("_dense", "_pruned"))
+    changed = both[both["correct_dense"] != both["correct_pruned"]].copy()
+    if changed.empty:
+        return pd.DataFrame(columns=cols)
+    changed["direction"] = np.where(changed["correct_dense"], "lost", "gained")
+    limit = (read_json(run_id, "spec.json", required=False) or {}).get("evaluate", {}).get("limit")
+    try:
+        spec = get_task(task)
+        rows = {int(e["index"]): e for e in load_examples(spec, limit)}
+        changed["text"] = [prompt_for(spec, rows[int(i)]) if int(i) in rows else "" for i in changed["index"]]
+    except NSAError:
+        changed["text"] = ""  # the data is not reachable here: show the records without their text
+    changed = changed.rename(columns={"prediction_dense": "dense_prediction",
+                                      "prediction_pruned": "pruned_prediction"})
+    return changed[cols].reset_index(drop=True)
 
 
 def flips(run_id: str) -> pd.DataFrame:

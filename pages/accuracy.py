@@ -26,15 +26,28 @@ def body() -> None:
     for group, part in acc.groupby("group", sort=False):
         st.subheader(group)
         ui.chart(figures.accuracy_bars(part, title=f"{group}: dense vs pruned"), f"accuracy-{group}")
-    wide = acc.pivot_table(index=["group", "task"], columns="model", values="value", sort=False).reset_index()
-    if {"dense", "pruned"} <= set(wide.columns):
-        wide["drop (points)"] = (wide["dense"] - wide["pruned"]) * 100
-    ui.table(wide, f"accuracy-{run_id}")
+    ui.table(results.accuracy_table(run_id), f"accuracy-{run_id}")
+    st.caption("Intervals: Wilson 95% on each accuracy; paired normal 95% on the drop (same examples, dense vs "
+               "pruned); McNemar's exact test on the flips.")
 
     st.subheader("Flipped examples")
+    tasks = list(dict.fromkeys(acc["task"]))
+    nsa_task = (results.read_json(run_id, "nsa/summary.json", required=False) or {}).get("task")
+    default = ui.param("task", nsa_task or (tasks[0] if tasks else None))
+    task = st.selectbox("Task", tasks, index=tasks.index(default) if default in tasks else 0, key="flip-task")
+    ui.set_params(task=task)
+    if task != nsa_task:
+        other = results.eval_flips(run_id, task)
+        if other.empty:
+            st.info(f"Pruning flipped no example of {task}.")
+            return
+        st.caption(f"{(other['direction'] == 'lost').sum()} lost, {(other['direction'] == 'gained').sum()} "
+                   f"gained. Influential words and neurons are shown for the NSA task ({nsa_task or 'none'}).")
+        ui.table(other, f"flips-{run_id}-{task}")
+        return
     flips = results.flips(run_id)
     if flips.empty:
-        st.info("No flips recorded (the run has no NSA tables, or pruning flipped no example).")
+        st.info(f"Pruning flipped no example of {task}.")
         return
     directions = ["lost", "gained"]
     direction = st.radio("Direction", directions, horizontal=True, key="flip-dir",

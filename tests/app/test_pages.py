@@ -144,6 +144,17 @@ def test_accuracy_page(run_ids, cache_env):
     dense = acc.query("model == 'dense' and task == 'sst2'")["value"].iloc[0]
     assert values(bars[0]["y"])[0] == pytest.approx(dense)
     assert at.subheader[0].value == "sentiment"
+    table = at.dataframe[0].value  # per task: both accuracies with intervals, the drop with its paired CI
+    comparison = results.eval_comparison(rid)["tasks"]
+    for _, r in table.iterrows():
+        c = comparison[r["task"]]
+        assert r["drop (points)"] == pytest.approx(100 * c["drop"])
+        lo, hi = (100 * v for v in c["drop_ci95"])
+        assert r["drop 95% CI"] == f"[{lo:.3f}, {hi:.3f}]"
+        assert (r["lost"], r["gained"]) == (c["n_lost"], c["n_gained"])
+        flips = results.eval_flips(rid, r["task"])  # every task's flips, from the per-example records
+        assert sorted(flips.query("direction == 'lost'")["index"]) == sorted(c["lost"])
+        assert sorted(flips.query("direction == 'gained'")["index"]) == sorted(c["gained"])
 
 
 def test_flipped_examples_link_to_neurons(run_ids, cache_env):
