@@ -111,7 +111,8 @@ def jaccard_lines(df: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for module, part in df.groupby("module"):
         fig.add_trace(go.Scatter(x=part["layer"], y=part["jaccard"], mode="lines+markers", name=str(module)))
-    fig.update_layout(xaxis_title="layer", yaxis_title="Jaccard of pruned weights", yaxis_range=[0, 1.02])
+    fig.update_layout(xaxis_title="layer", yaxis_title="Jaccard of pruned weights", yaxis_range=[0, 1.02],
+                      xaxis_dtick=1)
     return _layout(fig, "Mask overlap per layer", height=380)
 
 

@@ -150,7 +150,8 @@ def run_label(run_id: str) -> str:
         d = _describe(run_id, spec(run_id))
     except NSAError:
         return run_id
-    return f"{run_id[:8]} · {d['method']} {d['sparsity']:.0%} {d['pattern']} · {Path(d['model']).name}"
+    calib = "" if d["method"] == "magnitude" else f" · calib {d['calibration']}"
+    return f"{run_id[:8]} · {d['method']} {d['sparsity']:.0%} {d['pattern']}{calib} · {Path(d['model']).name}"
 
 
 def spec(run_id: str) -> dict:

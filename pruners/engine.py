@@ -34,6 +34,8 @@ class PruneContext:
     nm: tuple[int, int] | None
     options: dict
     gradient: torch.Tensor | None = None  # [out, in] (GBLM)
+    model: nn.Module | None = None  # the model being pruned (RIA channel_permutation reads its structure)
+    permutation: object = None  # set by the method: a ColumnPermutation to apply at layer end, or a reason str
 
 
 def validate_calibration(calib_ids, model) -> torch.Tensor:
@@ -144,7 +146,7 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
         report(0.0, "gradient pass")
         gradients = compute_gradients(model, calib_ids, scale=options.get("scale", 100.0), device=device)
 
-    masks, weights, layer_times, module_sparsity = {}, {}, [], {}
+    masks, weights, layer_times, module_sparsity, permutations = {}, {}, [], {}, {}
     inps = kwargs = None
     if needs_calib:
         inps, kwargs = capture_layer0_inputs(model, calib_ids, device, calib_device)
@@ -156,11 +158,15 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
         modules = prunable_modules(model, i)
         stats = (_collect_stats(layer, modules, inps, outs, kwargs, device, method.needs,
                                share=options.get("shared_hessian", True)) if needs_calib else {})
+        perms = {}
+        grouped = _prune_groups(method, modules, stats, family.conv1d, lambda n: PruneContext(
+            name=n, sparsity=sparsity, nm=nm, options=options, model=model,
+            gradient=None if gradients is None else _grad_view(gradients, n, family.conv1d)))
         for name, mod in modules.items():
-            W = _weight_view(mod, family.conv1d)
-            ctx = PruneContext(name=name, sparsity=sparsity, nm=nm, options=options,
+            ctx = PruneContext(name=name, sparsity=sparsity, nm=nm, options=options, model=model,
                                gradient=None if gradients is None else _grad_view(gradients, name, family.conv1d))
-            mask, W_new = method.prune(W, stats.get(name), ctx)
+            mask, W_new = grouped.pop(name) if name in grouped else \
+                method.prune(_weight_view(mod, family.conv1d), stats.get(name), ctx)
             pname = name + ".weight"
             with torch.no_grad():
                 if W_new is not None:
@@ -173,6 +179,11 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
                     mod.weight.data[m.to(mod.weight.device)] = 0
             masks[pname] = (mask.t() if family.conv1d else mask).to(torch.uint8).cpu().contiguous()
             module_sparsity[pname] = float(mask.float().mean())
+            if ctx.permutation is not None:
+                perms[name] = ctx.permutation
+        if perms:  # before the re-run: the permuted layer computes the same function
+            from pruners.permutation import apply_layer_permutations
+            permutations.update(apply_layer_permutations(model, modules, perms, masks, weights))
         del stats
         if needs_calib:
             with torch.no_grad():
@@ -181,6 +192,10 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
         layer_times.append(time.perf_counter() - t0)
         report((i + 1) / n_layers, f"layer {i + 1}/{n_layers} pruned")
     model.train(was_training)
+    if permutations:  # permuted weights differ from the dense ones: ship every pruned weight (see io.save_result)
+        params = dict(model.named_parameters())
+        for k in masks:
+            weights.setdefault(k, params[k].detach().cpu().clone())
     total = sum(m.numel() for m in masks.values())
     stats_out = {
         "config": asdict(config), "resolved_options": options, "method_needs": list(method.needs),
@@ -190,12 +205,31 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
         "calibration_shape": list(calib_ids.shape) if calib_ids is not None else None,
         "versions": _versions(),
     }
+    if permutations:
+        stats_out["channel_permutation"] = permutations
     return PruneResult(masks=masks, stats=stats_out, weights=weights or None)
 
 
 def _grad_view(gradients: dict, name: str, conv1d: bool) -> torch.Tensor:
     g = gradients[name + ".weight"]
     return (g.t() if conv1d else g).float()
+
+
+def _prune_groups(method, modules, stats, conv1d: bool, make_ctx) -> dict:
+    """{name: (mask, W_new)} for Linears sharing one input statistic (q/k/v, gate/up), when the method's
+    prune function has a `group` attribute (SparseGPT: one OBS sweep over their stacked rows); {} otherwise."""
+    group_fn = getattr(method.prune, "group", None)
+    by_input: dict[int, list[str]] = {}
+    for name in modules:
+        if group_fn is not None and stats.get(name) is not None:
+            by_input.setdefault(id(stats[name]), []).append(name)
+    out = {}
+    for names in by_input.values():
+        if len(names) > 1:
+            results = group_fn([_weight_view(modules[n], conv1d) for n in names], stats[names[0]],
+                               [make_ctx(n) for n in names])
+            out.update(zip(names, results))
+    return out
 
 
 def _collect_stats(layer, modules, inps, outs, kwargs, device, needs, share: bool = True) -> dict:

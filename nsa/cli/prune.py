@@ -154,7 +154,13 @@ def run_prune(args) -> int:
     result.stats["calibration"] = {"source": args.calibration, "calib_tokens": args.calib_tokens,
                                    "shape": list(calib.shape) if calib is not None else None}
     out = Path(args.out)
-    paths = save_result(result, out, save_weights=args.save_weights, model=model)
+    save_weights = args.save_weights
+    if result.stats.get("channel_permutation") and not save_weights:
+        # the permuted model's masks only fit its permuted weights: masks alone + the dense model are wrong
+        print("note: channel permutation moved weights, so weights.safetensors is written too "
+              "(apply it with the masks)", file=sys.stderr)
+        save_weights = True
+    paths = save_result(result, out, save_weights=save_weights, model=model)
     if args.save_model:
         from nsa.atomic import atomic_dir
         with atomic_dir(out / "model") as tmp:

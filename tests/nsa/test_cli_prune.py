@@ -138,3 +138,26 @@ def test_cli_calibration_source(stories_dir, tmp_path):
 def test_cli_calibration_and_tokens_exclusive(reference_dir, tmp_path, capsys):
     assert main(_ref_args(reference_dir, tmp_path, "--method", "wanda", "--calibration", "c4")) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_cli_channel_permutation_writes_the_weights_the_masks_need(reference_dir, tmp_path):
+    """RIA's permutation moves weights: the CLI writes weights.safetensors even without --save-weights, and
+    masks + weights on a fresh copy of the dense model give exactly the pruned model's N:M weights."""
+    from nsa.masks import apply_masks
+    from nsa.models import load_model
+
+    out = tmp_path / "run"
+    assert main(_ref_args(reference_dir, out, "--method", "ria", "--pattern", "2:4",
+                          "--channel-permutation", "true")) == 0
+    masks = load_file(str(out / "masks.safetensors"))
+    weights = load_file(str(out / "weights.safetensors"))
+    assert set(masks) <= set(weights)
+    stats = json.loads((out / "stats.json").read_text())
+    assert any(rec.get("applied") for rec in stats["channel_permutation"].values())
+    model, _ = load_model(str(reference_dir / "model"))
+    apply_masks(model, masks, weights)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        groups = mask.reshape(mask.shape[0], -1, 4).sum(-1)  # [rows, d_in/4]: pruned per group of 4
+        assert torch.all(groups == 2), name
+        assert torch.all(params[name].detach()[mask.bool()] == 0)
