@@ -89,22 +89,23 @@ def cluster_loss(df: pd.DataFrame) -> go.Figure:
 
 def validation_bars(df: pd.DataFrame) -> go.Figure:
     """Accuracy drop when ablating the labelled neurons vs random neurons (mean ± std)."""
-    fig = go.Figure()
-    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df["labelled_drop"]))
-    fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df["random_drop_mean"],
-                         error_y=dict(type="data", array=df["random_drop_std"].fillna(0).tolist())))
-    fig.update_layout(barmode="group", yaxis_title="accuracy drop (points)")
-    return _layout(fig, "Validation: labelled vs random ablation", height=360)
+    return _ablation_bars(df, "", "accuracy drop (points)", "Validation: labelled vs random ablation")
 
 
 def validation_margin_bars(df: pd.DataFrame) -> go.Figure:
     """Gold-margin drop (nats) when ablating the labelled neurons vs random neurons (mean ± std)."""
+    return _ablation_bars(df, "margin_", "gold margin lost (nats)",
+                          "Validation: confidence lost, labelled vs random ablation")
+
+
+def _ablation_bars(df: pd.DataFrame, measure: str, y_title: str, title: str) -> go.Figure:
+    """Grouped bars per cluster: labelled_<measure>drop beside random_<measure>drop_mean ± std."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df["labelled_margin_drop"]))
-    fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df["random_margin_drop_mean"],
-                         error_y=dict(type="data", array=df["random_margin_drop_std"].fillna(0).tolist())))
-    fig.update_layout(barmode="group", yaxis_title="gold margin lost (nats)")
-    return _layout(fig, "Validation: confidence lost, labelled vs random ablation", height=360)
+    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df[f"labelled_{measure}drop"]))
+    fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df[f"random_{measure}drop_mean"],
+                         error_y=dict(type="data", array=df[f"random_{measure}drop_std"].fillna(0).tolist())))
+    fig.update_layout(barmode="group", yaxis_title=y_title)
+    return _layout(fig, title, height=360)
 
 
 def jaccard_lines(df: pd.DataFrame) -> go.Figure:

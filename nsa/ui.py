@@ -131,3 +131,29 @@ def check_local_path(text: str) -> Path:
     raise NSAError(f"{text!r} is outside the folders this app may read ({', '.join(map(str, allowed_dirs()))}); "
                    f"add its folder to NSA_ALLOWED_DIRS before starting the app")
 
+
+def demo_ready() -> bool:
+    """The demo model and its data are built (`python -m nsa demo build`)."""
+    from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
+
+    return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
+
+
+def model_input(prefix: str = "") -> str:
+    """The model picker of the Run and Study pages: the demo model (selected, labelled synthetic), a local
+    folder (inside the allowed folders) or a hub id; widget keys start with `prefix`."""
+    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key=f"{prefix}model-kind",
+                    format_func=lambda k: "demo (synthetic)" if k == "demo" else k)
+    if kind == "demo":
+        st.caption("SYNTHETIC: a 4.2M-parameter Llama trained by this project on templated reviews and neutral "
+                   "text (`demo-*` tasks and calibration sets are synthetic too). For learning the tool; its "
+                   "numbers say nothing about real language models.")
+        if not demo_ready():
+            st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick a "
+                       "local folder / hub id.")
+        return "demo"
+    if kind == "local folder":
+        text = st.text_input("Model folder", key=f"{prefix}model-path",
+                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
+        return str(check_local_path(text)) if text else ""
+    return st.text_input("Hub id (must be cached when offline)", key=f"{prefix}model-hub").strip()

@@ -34,38 +34,13 @@ def option_widget(method: str, opt) -> object:
     return st.text_input(opt.name, value="" if opt.default is None else str(opt.default), help=opt.help, key=key)
 
 
-def demo_ready() -> bool:
-    """The demo model and its data are built (`python -m nsa demo build`)."""
-    from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
-
-    return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
-
-
-def model_input() -> str:
-    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="model-kind",
-                    format_func=lambda k: "demo (synthetic)" if k == "demo" else k)
-    if kind == "demo":
-        st.caption("SYNTHETIC: a 4.2M-parameter Llama trained by this project on templated reviews and neutral "
-                   "text (`demo-*` tasks and calibration sets are synthetic too). For learning the tool; its "
-                   "numbers say nothing about real language models.")
-        if not demo_ready():
-            st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick a "
-                       "local folder / hub id.")
-        return "demo"
-    if kind == "local folder":
-        text = st.text_input("Model folder", key="model-path",
-                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
-        return str(ui.check_local_path(text)) if text else ""
-    return st.text_input("Hub id (must be cached when offline)", key="model-hub").strip()
-
-
 def build_spec() -> dict:
     from nsa.calibration import list_calibration_sources
     from nsa.datasets import list_tasks
     from pruners.registry import get_method, list_methods
 
-    model = model_input()
-    demo = demo_ready()
+    model = ui.model_input()
+    demo = ui.demo_ready()
     left, right = st.columns(2)
     with left:
         st.subheader("Pruner")

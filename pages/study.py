@@ -52,21 +52,9 @@ def _pick(options: list[str], wanted: list[str]) -> list[str]:
     return [w for w in wanted if w in options] or options[:1]
 
 
-def model_input() -> str:
-    """As on the Run page: the demo model, a local folder (inside the allowed folders) or a cached hub id."""
-    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key="study-model-kind")
-    if kind == "demo":
-        return "demo"
-    if kind == "local folder":
-        text = st.text_input("Model folder", key="study-model-path",
-                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
-        return str(ui.check_local_path(text)) if text else ""
-    return st.text_input("Hub id (must be cached when offline)", key="study-model-hub").strip()
-
-
 def define_form() -> None:
     """The study form: the Run page's settings as a base spec, with lists where a study sweeps."""
-    model = model_input()
+    model = ui.model_input(prefix="study-")
     with st.form("define-study"):
         name = st.text_input("Study name", value="my-study", key="study-name", help="letters, digits, '_', '-' or '.'")
         pattern = st.selectbox("Pattern", ["unstructured", "2:4", "4:8"], key="study-pattern")
