@@ -61,3 +61,13 @@ def pruned_copy(model, masks: dict, weights: dict | None = None):
     """A deep copy of `model` with the masks applied; `model` is untouched."""
     check_masks(model, masks)
     return apply_masks(copy.deepcopy(model), masks, weights)
+
+
+def check_mask_files(masks: str | None, weights: str | None) -> None:
+    """Command-line check before a model loads: the --masks/--weights files exist, and --weights comes with
+    --masks (SparseGPT's updated weights only make sense with the masks they belong to)."""
+    for name, path in (("--masks", masks), ("--weights", weights)):
+        if path and not Path(path).is_file():
+            raise NSAError(f"{name} file {path} does not exist")
+    if weights and not masks:
+        raise NSAError("--weights needs --masks")

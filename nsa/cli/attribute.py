@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from nsa.errors import NSAError
+from nsa.masks import check_mask_files
 
 
 def add_commands(subparsers) -> None:
@@ -70,11 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     D.get_task(args.task)
     D.check_limit(args.limit)
-    for name, path in (("--masks", args.masks), ("--weights", args.weights)):
-        if path and not Path(path).is_file():
-            raise NSAError(f"{name} file {path} does not exist")
-    if args.weights and not args.masks:
-        raise NSAError("--weights needs --masks")
+    check_mask_files(args.masks, args.weights)
     if args.words not in ("learned", "gradient") and not Path(args.words).is_file():
         raise NSAError(f"--words {args.words!r}: use learned, gradient, or an existing JSON/CSV word file")
     config = config_from_args(args)

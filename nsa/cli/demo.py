@@ -13,7 +13,12 @@ def add_commands(subparsers) -> None:
     b = sub.add_parser("build", help="generate the corpus, train tokenizer and model (CPU, a few minutes)",
                        description="Writes OUT/model (config, safetensors, tokenizer, build_info.json) and "
                                    "OUT/data (demo evaluation and calibration JSONL). Default OUT: nsa/demo.")
-    b.add_argument("--steps", type=int, default=None, help="training steps (default 250)")
+    b.add_argument("--steps", type=int, default=None, help="training steps (default: BuildConfig's)")
+    b.add_argument("--lr", type=float, default=None, help="peak learning rate (default: BuildConfig's)")
+    b.add_argument("--answer-weight", type=float, default=None,
+                   help="loss weight of the answer tokens ' positive'/' negative' (default: BuildConfig's)")
+    b.add_argument("--prompted-share", type=float, default=None,
+                   help="share of training documents that are prompted reviews (default: BuildConfig's)")
     b.add_argument("--out", help="output folder (default: nsa/demo, i.e. the committed artifacts)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1, help="torch threads (1 when the machine is busy)")
@@ -28,6 +33,11 @@ def run_build(args) -> int:
         raise NSAError(f"--steps must be a positive integer, got {args.steps}")
     if args.threads < 1:
         raise NSAError(f"--threads must be at least 1, got {args.threads}")
+    for flag, value in (("--lr", args.lr), ("--answer-weight", args.answer_weight)):
+        if value is not None and not value > 0:
+            raise NSAError(f"{flag} must be positive, got {value}")
+    if args.prompted_share is not None and not 0 < args.prompted_share <= 0.95:
+        raise NSAError(f"--prompted-share must be in (0, 0.95], got {args.prompted_share}")
     from dataclasses import replace
 
     from tqdm import tqdm
@@ -36,8 +46,11 @@ def run_build(args) -> int:
     from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
 
     cfg = BuildConfig(seed=args.seed, threads=args.threads)
-    if args.steps is not None:
-        cfg = replace(cfg, train=replace(cfg.train, steps=args.steps))
+    if args.prompted_share is not None:
+        cfg = replace(cfg, prompted_share=args.prompted_share)
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("answer_weight", args.answer_weight))
+                 if v is not None}
+    cfg = replace(cfg, train=replace(cfg.train, **overrides))
     out = Path(args.out) if args.out else None
     model_dir, data_dir = (out / "model", out / "data") if out else (DEMO_MODEL_DIR, DEMO_DATA_DIR)
     bar = tqdm(total=cfg.train.steps, desc="training demo model", unit="step")

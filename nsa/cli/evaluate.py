@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from nsa.errors import NSAError
+from nsa.masks import check_mask_files
 
 
 def add_commands(subparsers) -> None:
@@ -85,11 +86,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tasks.append(spec.name)
     resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
     D.check_limit(args.limit)
-    for name, path in (("--masks", args.masks), ("--weights", args.weights)):
-        if path and not Path(path).is_file():
-            raise NSAError(f"{name} file {path} does not exist")
-    if args.weights and not args.masks:
-        raise NSAError("--weights needs --masks")
+    check_mask_files(args.masks, args.weights)
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
