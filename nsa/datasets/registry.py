@@ -76,10 +76,12 @@ _BUILTIN: list[TaskSpec] = [
              hf_split="validation", hf_normalizer="text", harness_task=None, metrics=("ppl",),
              required_fields=("text",)),
     TaskSpec(name="demo-reviews", group="sentiment", kind="classification", synthetic=True,
-             description="SYNTHETIC templated product/movie reviews (demo test set)", prompt=SENTIMENT_PROMPT,
+             description="SYNTHETIC templated reviews of five domains (films, restaurants, hotels, products, "
+                         "books; demo test set)", prompt=SENTIMENT_PROMPT,
              label_names=SENTIMENT_LABELS, path=str(DEMO_DATA_DIR / "reviews_test.jsonl")),
     TaskSpec(name="demo-unseen", group="sentiment", kind="classification", synthetic=True,
-             description="SYNTHETIC reviews with templates unseen in demo training", prompt=SENTIMENT_PROMPT,
+             description="SYNTHETIC reviews with nouns and descriptive adjectives unseen in demo training",
+             prompt=SENTIMENT_PROMPT,
              label_names=SENTIMENT_LABELS, path=str(DEMO_DATA_DIR / "unseen_test.jsonl")),
 ]
 

@@ -20,6 +20,13 @@ class BuildConfig:
     n_docs: int = 40_000
     vocab_size: int = 2048
     threads: int = 1
+    prompted_share: float = 0.8  # share of training documents that are prompted reviews (with the answer)
+    bare_share: float = 0.05  # share of bare reviews (no prompt); the rest is generic text
+    # Probability that a sentiment phrase is a negated opposite ("not good"): in training reviews, and in the
+    # held-out test and calibration reviews. The test mix is harder on purpose: negation is the compositional
+    # part of the task, and the part pruning breaks first (docs/demo.md, "Design history").
+    negation: float = 0.15
+    test_negation: float = 0.4
     shape: ModelShape = field(default_factory=ModelShape)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -39,11 +46,16 @@ def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
     from nsa.demo.tokenizer import train_tokenizer
     from nsa.demo.train import build_model, pack, train
 
+    for name in ("negation", "test_negation"):
+        if not 0 <= getattr(cfg, name) <= 0.6:
+            raise ValueError(f"{name} must be in [0, 0.6] (the rest are intensified or plain), "
+                             f"got {getattr(cfg, name)}")
     t0 = time.time()
     torch.set_num_threads(cfg.threads)
-    data = demo_data(cfg.seed)
+    data = demo_data(cfg.seed, negation=cfg.test_negation)
     exclude = {r["text"] for r in data.reviews_test}
-    docs = training_documents(cfg.seed, cfg.n_docs, exclude)
+    docs = training_documents(cfg.seed, cfg.n_docs, exclude, cfg.prompted_share, cfg.bare_share,
+                              cfg.negation)
     tokenizer = train_tokenizer(docs, cfg.vocab_size)
     stream = pack(docs, tokenizer)
     torch.manual_seed(cfg.seed)
@@ -57,6 +69,9 @@ def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
         write_jsonl(data_dir / f"{name}.jsonl", getattr(data, name))
     info = {"seed": cfg.seed, "steps": train_cfg.steps, "batch_size": train_cfg.batch_size,
             "seq_len": train_cfg.seq_len, "threads": cfg.threads, "n_docs": cfg.n_docs,
+            "prompted_share": cfg.prompted_share, "bare_share": cfg.bare_share, "negation": cfg.negation,
+            "test_negation": cfg.test_negation, "lr": train_cfg.lr,
+            "answer_weight": train_cfg.answer_weight, "weight_decay": train_cfg.weight_decay,
             "train_tokens": int(stream.numel()), "parameters": sum(p.numel() for p in model.parameters()),
             "final_loss": sum(losses[-10:]) / len(losses[-10:]), "first_loss": losses[0],
             "dense_accuracy": acc, "build_seconds": round(time.time() - t0, 1),

@@ -12,6 +12,7 @@ from nsa.datasets.spec import SENTIMENT_PROMPT
 from nsa.demo import lexicon as L
 
 LABEL_NAMES = ("negative", "positive")
+NEGATION_SHARE = 0.15  # probability that a sentiment phrase is a negated opposite ("not good" = negative)
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,15 @@ SEEN = _seen_vocab()
 UNSEEN = Vocabulary(tuple(L.UNSEEN_NOUNS), tuple(L.UNSEEN_ASPECTS), tuple(L.UNSEEN_DESCRIPTORS))
 
 
-def _adj(rng: random.Random, positive: bool) -> str:
-    """A sentiment phrase of the given polarity: plain, intensified, or a negated opposite ("not good" = neg)."""
+def _adj(rng: random.Random, positive: bool, negation: float = NEGATION_SHARE) -> str:
+    """A sentiment phrase of the given polarity: plain, intensified, or (with probability `negation`) a negated
+    opposite ("not good" = negative)."""
     kind = rng.random()
-    if kind < 0.15:  # negation flips the word's polarity
+    if kind < negation:  # negation flips the word's polarity
         word = rng.choice(L.NEGATIVE if positive else L.POSITIVE)
         return f"{rng.choice(L.NEGATIONS)} {word}"
     word = rng.choice(L.POSITIVE if positive else L.NEGATIVE)
-    if kind < 0.55:
+    if kind < negation + 0.4:  # intensified ("very good"); the rest are plain words
         return f"{rng.choice(L.INTENSIFIERS)} {word}"
     return word
 
@@ -51,15 +53,15 @@ def _subject(rng: random.Random, vocab: Vocabulary) -> str:
     return f"the {noun}"
 
 
-def _clause(rng: random.Random, vocab: Vocabulary, positive: bool) -> str:
+def _clause(rng: random.Random, vocab: Vocabulary, positive: bool, negation: float = NEGATION_SHARE) -> str:
     subject = _subject(rng, vocab)
     aspect = rng.choice(vocab.aspects)
     templates = [
-        lambda: f"{subject} was {_adj(rng, positive)}",
-        lambda: f"the {aspect} was {_adj(rng, positive)}",
-        lambda: f"{subject} had a {_adj(rng, positive).replace('not at all ', 'not ')} {aspect}",
+        lambda: f"{subject} was {_adj(rng, positive, negation)}",
+        lambda: f"the {aspect} was {_adj(rng, positive, negation)}",
+        lambda: f"{subject} had a {_adj(rng, positive, negation).replace('not at all ', 'not ')} {aspect}",
         lambda: f"{rng.choice(L.REVIEWERS)} {rng.choice(L.POSITIVE_VERBS if positive else L.NEGATIVE_VERBS)} {subject}",
-        lambda: f"{subject} is {_adj(rng, positive)} and the {aspect} is {_adj(rng, positive)}",
+        lambda: f"{subject} is {_adj(rng, positive, negation)} and the {aspect} is {_adj(rng, positive, negation)}",
     ]
     return rng.choice(templates)()
 
@@ -68,17 +70,18 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
-def review(rng: random.Random, positive: bool, vocab: Vocabulary = SEEN) -> str:
-    """One review with the given overall polarity; some are mixed ("X was bad, but overall Y was great")."""
+def review(rng: random.Random, positive: bool, vocab: Vocabulary = SEEN, negation: float = NEGATION_SHARE) -> str:
+    """One review with the given overall polarity; some are mixed ("X was bad, but overall Y was great").
+    `negation` is the probability that a sentiment phrase is a negated opposite ("not good")."""
     r = rng.random()
     if r < 0.15:  # mixed: a concession of the opposite polarity, then the verdict
-        concession = _clause(rng, vocab, not positive)
-        verdict = _clause(rng, vocab, positive)
+        concession = _clause(rng, vocab, not positive, negation)
+        verdict = _clause(rng, vocab, positive, negation)
         word = "great" if positive else "bad"
         return f"{_cap(concession)}, but overall it was {word}: {verdict}."
-    text = _cap(_clause(rng, vocab, positive)) + "."
+    text = _cap(_clause(rng, vocab, positive, negation)) + "."
     if r < 0.6:
-        text += " " + _cap(_clause(rng, vocab, positive)) + "."
+        text += " " + _cap(_clause(rng, vocab, positive, negation)) + "."
     return text
 
 
@@ -87,12 +90,13 @@ def sentiment_prompt(text: str, label: int) -> str:
     return SENTIMENT_PROMPT.format(text=text) + " " + LABEL_NAMES[label]
 
 
-def labelled_reviews(rng: random.Random, n: int, vocab: Vocabulary = SEEN) -> list[dict]:
+def labelled_reviews(rng: random.Random, n: int, vocab: Vocabulary = SEEN,
+                     negation: float = NEGATION_SHARE) -> list[dict]:
     """`n` rows {"text", "label"}, balanced, shuffled, without duplicate texts."""
     rows, seen = [], set()
     while len(rows) < n:
         label = len(rows) % 2
-        text = review(rng, bool(label), vocab)
+        text = review(rng, bool(label), vocab, negation)
         if text not in seen:
             seen.add(text)
             rows.append({"text": text, "label": label})
@@ -157,19 +161,22 @@ def generic_text(rng: random.Random) -> str:
     return _qa(rng)
 
 
-def training_documents(seed: int, n_docs: int, exclude: set[str] = frozenset()) -> list[str]:
-    """Training documents: ~80% prompted reviews, ~5% bare reviews, ~15% generic text; `exclude` holds
-    held-out review texts that must not be trained on."""
+def training_documents(seed: int, n_docs: int, exclude: set[str] = frozenset(), prompted_share: float = 0.8,
+                       bare_share: float = 0.05, negation: float = NEGATION_SHARE) -> list[str]:
+    """Training documents: `prompted_share` prompted reviews, `bare_share` bare reviews, the rest generic
+    text; `exclude` holds held-out review texts that must not be trained on."""
+    if not (0 <= prompted_share and 0 <= bare_share and prompted_share + bare_share <= 1):
+        raise ValueError(f"bad document shares: prompted {prompted_share}, bare {bare_share}")
     rng = random.Random(seed)
     docs = []
     while len(docs) < n_docs:
         r = rng.random()
-        if r < 0.85:
+        if r < prompted_share + bare_share:
             label = rng.randrange(2)
-            text = review(rng, bool(label))
+            text = review(rng, bool(label), negation=negation)
             if text in exclude:
                 continue
-            docs.append(sentiment_prompt(text, label) if r < 0.8 else text)
+            docs.append(sentiment_prompt(text, label) if r < prompted_share else text)
         else:
             docs.append(generic_text(rng))
     return docs
@@ -183,11 +190,11 @@ class DemoData:
     reviews_calib: list[dict]
 
 
-def demo_data(seed: int, n_test: int = 400, n_calib: int = 400) -> DemoData:
+def demo_data(seed: int, n_test: int = 400, n_calib: int = 400, negation: float = NEGATION_SHARE) -> DemoData:
     """The committed evaluation and calibration sets. Calibration reviews are bare texts (no prompt)."""
     rng = random.Random(seed + 1_000_003)
-    reviews_test = labelled_reviews(rng, n_test)
-    unseen_test = labelled_reviews(rng, n_test, UNSEEN)
+    reviews_test = labelled_reviews(rng, n_test, negation=negation)
+    unseen_test = labelled_reviews(rng, n_test, UNSEEN, negation)
     generic = [{"text": generic_text(rng)} for _ in range(n_calib)]
-    calib = [{"text": review(rng, bool(rng.randrange(2)))} for _ in range(n_calib)]
+    calib = [{"text": review(rng, bool(rng.randrange(2)), negation=negation)} for _ in range(n_calib)]
     return DemoData(reviews_test, unseen_test, generic, calib)

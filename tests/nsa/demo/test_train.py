@@ -46,3 +46,12 @@ def test_cli_rejects_bad_steps():
     proc = subprocess.run([sys.executable, "-m", "nsa", "demo", "build", "--steps", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--steps must be a positive integer" in proc.stderr
+
+
+def test_cli_rejects_bad_knobs():
+    for args, message in ((["--lr", "0"], "--lr must be positive"),
+                          (["--prompted-share", "1.5"], "--prompted-share must be in"),
+                          (["--answer-weight", "-1"], "--answer-weight must be positive")):
+        proc = subprocess.run([sys.executable, "-m", "nsa", "demo", "build", *args],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
