@@ -6,7 +6,7 @@ runs the three NSA steps (Ding et al., arXiv 2503.01542; formulas and tests as c
 
   words.jsonl         word, cluster, score, frequency, occurrences
   neuron_labels.jsonl one row per labelled neuron (layer, index, label, cluster, words, selectivity, ...)
-  top_examples.jsonl  token activations of labelled neurons on their top examples
+  top_examples.jsonl  token activations of labelled neurons on their top examples (dense, and pruned with masks)
   neuron_shift.jsonl  per labelled neuron: dense vs pruned activation on its words, label survival, fractions
   clusters.jsonl      per word and per cluster: activation lost (level = word | cluster)
   flips.jsonl         examples whose correctness changed, with words and neurons that lost most
@@ -149,7 +149,8 @@ def attribute(model, tokenizer, task: str, masks: Any = None, weights: Any = Non
                                      "top_examples": dense["top_examples"]}
     if masks is not None:
         tables |= _pruned_part(model, masks, weights, tokenizer, spec, limit, sites, sizes, encoded, matching,
-                               word_list, clusters, texts, dense["records"], config, summary, prog)
+                               word_list, clusters, texts, dense["records"], dense["top_examples"], config,
+                               summary, prog)
     summary["timing_s"] = time.time() - started
     summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if out_dir is not None:
@@ -259,7 +260,7 @@ def _records(model, tokenizer, spec, limit, batch_size) -> list[dict]:
 
 
 def _pruned_part(model, masks, weights, tokenizer, spec, limit, sites, sizes, encoded, matching, word_list,
-                 clusters, texts, dense_records, config, summary, prog) -> dict[str, list[dict]]:
+                 clusters, texts, dense_records, top_examples, config, summary, prog) -> dict[str, list[dict]]:
     """Step 3: the same prompts through the pruned copy; shifts, cluster losses, flips."""
     from nsa import comparison as C
     from nsa import matching as M
@@ -283,8 +284,22 @@ def _pruned_part(model, masks, weights, tokenizer, spec, limit, sites, sizes, en
                             "n_gained": sum(f["direction"] == "gained" for f in flips)}
     summary["pruned_neurons"] = {"labelled": len(p_matching.labels),
                                  "labels_surviving": sum(r["label_survives"] for r in shift)}
+    top = _with_pruned_activations(top_examples, pruned, p_sites, encoded, config.matching.batch_size)
     del pruned
-    return {"neuron_shift": shift, "clusters": C.word_cluster_loss(matching, p_matching), "flips": flips}
+    return {"neuron_shift": shift, "clusters": C.word_cluster_loss(matching, p_matching), "flips": flips,
+            "top_examples": top}
+
+
+def _with_pruned_activations(top_examples: list[dict], pruned, sites, encoded, batch_size: int) -> list[dict]:
+    """The dense top examples with `pruned_activations`: the pruned model's activation of the same neuron at
+    the same tokens, for the side-by-side view."""
+    from nsa import matching as M
+
+    wanted: dict[int, list[tuple[int, int]]] = {}
+    for row in top_examples:
+        wanted.setdefault(row["example"], []).append((row["layer"], row["index"]))
+    acts = M.token_activations(pruned, sites, {e.index: e for e in encoded}, wanted, batch_size)
+    return [row | {"pruned_activations": acts[row["example"], row["layer"], row["index"]]} for row in top_examples]
 
 
 def _neuron_counts(matching, clusters: list[str]) -> dict:

@@ -338,8 +338,6 @@ def top_examples(model, sites, encoded: list[Encoded], state: dict, labels: list
 
     Kept for the `limit` most selective labelled neurons, so the table stays app-sized on large models.
     """
-    import torch
-
     if not labels:
         return []
     labels = sorted(labels, key=lambda lab: -lab["top_selectivity"])[:limit]
@@ -351,15 +349,37 @@ def top_examples(model, sites, encoded: list[Encoded], state: dict, labels: list
                                               state[f"top_val.{layer}"][:, neuron].tolist())):
             if idx >= 0 and idx in by_index:
                 wanted.setdefault(idx, []).append((layer, neuron, rank, val))
+    acts = token_activations(model, sites, by_index, {i: [(l, n) for l, n, _, _ in w] for i, w in wanted.items()},
+                             batch_size)
     rows = []
-    need = sorted(wanted)
+    for idx, entries in wanted.items():
+        e = by_index[idx]
+        tokens = [e.prompt[e.offsets[t][0]:e.offsets[t][1]] for t in e.text_positions]
+        for layer, neuron, rank, val in entries:
+            rows.append({"layer": layer, "index": neuron, "rank": rank, "example": idx, "max_activation": val,
+                         "text": texts.get(idx, ""), "tokens": tokens, "activations": acts[idx, layer, neuron],
+                         "words": e.words_present})
+    rows.sort(key=lambda r: (r["layer"], r["index"], r["rank"]))
+    return rows
+
+
+def token_activations(model, sites, by_index: dict[int, Encoded], wanted: dict[int, list[tuple[int, int]]],
+                      batch_size: int = 16) -> dict[tuple[int, int, int], list[float]]:
+    """{(example, layer, neuron): activation at each text token of the example} for the wanted neurons of each
+    example, by a pass over those examples only (the dense model for top examples, the pruned one beside it)."""
+    import torch
+
     device = next(model.parameters()).device
-    # only the labelled neurons' columns leave the hook: [batch, seq, n_kept] per layer
+    # only the wanted neurons' columns leave the hook: [batch, seq, n_kept] per layer
     kept: dict[int, list[int]] = {}
-    for lab in labels:
-        kept.setdefault(lab["layer"], []).append(lab["index"])
+    for pairs in wanted.values():
+        for layer, neuron in pairs:
+            if neuron not in kept.setdefault(layer, []):
+                kept[layer].append(neuron)
     columns = {layer: torch.tensor(idx, device=device) for layer, idx in kept.items()}
     column_of = {(layer, n): k for layer, idx in kept.items() for k, n in enumerate(idx)}
+    out: dict[tuple[int, int, int], list[float]] = {}
+    need = sorted(wanted)
     for start in range(0, len(need), batch_size):
         batch = [by_index[i] for i in need[start:start + batch_size]]
         captured: dict[int, object] = {}
@@ -369,11 +389,7 @@ def top_examples(model, sites, encoded: list[Encoded], state: dict, labels: list
             model(input_ids=ids, attention_mask=att, use_cache=False)
         for b, e in enumerate(batch):
             pos = e.text_positions
-            tokens = [e.prompt[e.offsets[t][0]:e.offsets[t][1]] for t in pos]
-            for layer, neuron, rank, val in wanted[e.index]:
-                acts = [round(a, 4) for a in captured[layer][b, pos, column_of[(layer, neuron)]].tolist()]
-                rows.append({"layer": layer, "index": neuron, "rank": rank, "example": e.index,
-                             "max_activation": val, "text": texts.get(e.index, ""), "tokens": tokens,
-                             "activations": acts, "words": e.words_present})
-    rows.sort(key=lambda r: (r["layer"], r["index"], r["rank"]))
-    return rows
+            for layer, neuron in wanted[e.index]:
+                out[e.index, layer, neuron] = [round(a, 4) for a in
+                                               captured[layer][b, pos, column_of[(layer, neuron)]].tolist()]
+    return out

@@ -3,6 +3,7 @@ private cache, launch a job from the Run page, wait for it, open every page, che
 neuron from the table, follow a copied URL. Screenshots go to tests/artifacts/ (git-ignored)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -108,7 +109,7 @@ def assert_no_traceback(page) -> None:
 def test_browser_end_to_end(server, stories_dir):
     from playwright.sync_api import sync_playwright
 
-    url, _env = server
+    url, env = server
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 2000})
@@ -139,7 +140,9 @@ def test_browser_end_to_end(server, stories_dir):
         shot(page, "03-neurons")
         assert_no_traceback(page)
 
-        # select the first row of the neuron table: its neuron page opens
+        # labelled neurons only, then select the first row of the neuron table: its neuron page opens
+        page.get_by_text("Labelled only", exact=True).click()
+        settle(page)
         grid = page.locator("[data-testid='stDataFrame']").first
         grid.scroll_into_view_if_needed()
         box = grid.bounding_box()
@@ -149,6 +152,7 @@ def test_browser_end_to_end(server, stories_dir):
         wait_charts(page, 1)
         settle(page)
         heading = page.get_by_role("heading", name=re.compile(r"^Neuron \d+ of layer \d+")).inner_text()
+        page.get_by_role("heading", name="NSA words and scores").wait_for(timeout=20_000)  # a labelled neuron
         shot(page, "04-neuron")
 
         # a copied URL reproduces the view in a fresh tab
@@ -161,6 +165,17 @@ def test_browser_end_to_end(server, stories_dir):
         settle(other)
         shot(other, "05-neuron-from-url")
         run_id = re.search(r"run=([0-9a-f]+)", copied).group(1)
+
+        # a neuron with recorded top examples: tokens coloured in the dense and in the pruned model side by side
+        top = json.loads((Path(env["NSA_CACHE_DIR"]) / "runs" / run_id / "nsa" / "top_examples.jsonl")
+                         .read_text().splitlines()[0])
+        other.goto(f"{url}/neurons?run={run_id}&layer={top['layer']}&neuron={top['index']}")
+        other.get_by_role("heading", name="Top-activating examples").wait_for(timeout=30_000)
+        settle(other)
+        assert other.get_by_text("pruned", exact=True).count() >= 1
+        assert not other.get_by_text("record dense activations only").count()
+        assert_no_traceback(other)
+        shot(other, "05b-neuron-dense-vs-pruned")
 
         for path, title, n in (("semantics", "Semantics (NSA)", 1), ("accuracy", "Task accuracy", 1),
                                ("compare", "Compare runs", 0)):

@@ -104,6 +104,38 @@ def test_cache_reuse_and_an_empty_mask_changes_nothing(stories, run, tmp_path):
         assert r["shift_abs"] == pytest.approx(0, abs=1e-6) and r["label_overlap"] == 1.0
         assert r["frac_in"] == r["frac_out"] == 0
     assert _read(tmp_path / "flips.jsonl") == [] and again["accuracy"]["drop"] == 0
+    for r in _read(tmp_path / "top_examples.jsonl"):  # nothing pruned: the pruned view equals the dense one
+        assert r["pruned_activations"] == pytest.approx(r["activations"], abs=1e-4)
+
+
+def test_top_examples_carry_the_pruned_models_activations(stories, run):
+    """The side-by-side view: the pruned model's activation of the same neuron on the same tokens, checked
+    against a forward-pre-hook on the pruned copy's down projection."""
+    from nsa.datasets import get_task, load_examples, prompt_for
+    from nsa.masks import pruned_copy
+    from nsa.neurons import neuron_sites
+
+    model, tok = stories
+    _, out, _ = run
+    rows = _read(out / "top_examples.jsonl")
+    assert rows and all(len(r["pruned_activations"]) == len(r["activations"]) == len(r["tokens"]) for r in rows)
+    assert any(r["pruned_activations"] != r["activations"] for r in rows)  # half the weights are gone
+    row = rows[0]
+    pruned = pruned_copy(model, magnitude_masks(model, 0.5))
+    spec = get_task("sst2")
+    example = {e["index"]: e for e in load_examples(spec, LIMIT)}[row["example"]]
+    prompt = prompt_for(spec, example)
+    enc = tok(prompt, return_offsets_mapping=True)
+    seen = {}
+    site = neuron_sites(pruned)[row["layer"]]
+    handle = site.out_module.register_forward_pre_hook(lambda m, args: seen.__setitem__("a", args[0][0]))
+    with torch.no_grad():
+        pruned(input_ids=torch.tensor([enc["input_ids"]]))
+    handle.remove()
+    tokens = [prompt[a:b] for a, b in enc["offset_mapping"]]
+    start = next(i for i in range(len(tokens)) if tokens[i:i + len(row["tokens"])] == row["tokens"])
+    direct = seen["a"][start:start + len(row["tokens"]), row["index"]].tolist()
+    assert row["pruned_activations"] == pytest.approx(direct, abs=1e-3)
 
 
 def test_validation_drop_is_the_ablated_accuracy(stories, run):
