@@ -108,6 +108,18 @@ def _ablation_bars(df: pd.DataFrame, measure: str, y_title: str, title: str) -> 
     return _layout(fig, title, height=360)
 
 
+def loss_drop_scatter(df: pd.DataFrame) -> go.Figure:
+    """Each run × cluster: relative activation lost on the cluster's words vs the run's accuracy drop."""
+    fig = go.Figure()
+    for cluster, part in df.groupby("cluster"):
+        fig.add_trace(go.Scatter(x=part["relative_lost"], y=part["accuracy_drop"], mode="markers", name=str(cluster),
+                                 text=part["run"], marker=dict(size=10),
+                                 hovertemplate="%{text}<br>lost %{x:.1%} · drop %{y:.1f} pts<extra></extra>"))
+    fig.update_layout(xaxis_title="relative activation lost on the cluster's words", xaxis_tickformat=".0%",
+                      yaxis_title="accuracy drop (points)")
+    return _layout(fig, "Cluster activation loss vs accuracy drop across runs", height=380)
+
+
 def jaccard_lines(df: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for module, part in df.groupby("module"):

@@ -570,6 +570,28 @@ def compare_accuracy(run_ids: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def loss_vs_drop(run_ids: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Per run and cluster: the cluster's relative activation loss after pruning beside the run's accuracy drop
+    on the NSA task, and per cluster their correlation across the runs (`nsa.validation`; None under 3 runs).
+    Runs without NSA-with-masks tables are left out."""
+    from nsa.validation import loss_accuracy_correlation
+
+    rows = []
+    for rid in run_ids:
+        summary = read_json(rid, "nsa/summary.json", required=False) or {}
+        drop = (summary.get("accuracy") or {}).get("drop")
+        table = read_table(rid, "nsa/clusters.jsonl", required=False)
+        if drop is None or table is None or table.empty:
+            continue
+        for r in table[table["level"] == "cluster"].itertuples(index=False):
+            if r.relative_lost is None or pd.isna(r.relative_lost):
+                continue  # a cluster with no labelled neuron has nothing to lose
+            rows.append({"run": run_label(rid), "task": summary.get("task"), "cluster": r.name,
+                         "relative_lost": r.relative_lost, "accuracy_drop": drop})
+    df = pd.DataFrame(rows, columns=["run", "task", "cluster", "relative_lost", "accuracy_drop"])
+    return df, loss_accuracy_correlation(df.to_dict("records"))
+
+
 def neuron_differences(run_a: str, run_b: str, top: int = 50) -> pd.DataFrame:
     """Neurons whose NSA label or activation shift differ most between two runs (labelled in either)."""
     cols = ["layer", "index", "label", "shift_abs", "frac"]

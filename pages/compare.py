@@ -29,6 +29,18 @@ def body() -> None:
     except results.ArtifactError as err:
         ui.show_error(err)
 
+    st.subheader("Does losing a cluster's activation go with losing accuracy?")
+    points, corr = results.loss_vs_drop(chosen)
+    if points.empty:
+        st.info("None of these runs has NSA tables with masks.")
+    else:
+        ui.chart(figures.loss_drop_scatter(points), "cmp-loss-drop")
+        for cluster, c in corr.items():
+            if c["pearson"] is None:
+                st.caption(f"{cluster}: {c['n']} runs — a correlation needs at least 3 runs with different drops")
+            else:
+                st.caption(f"{cluster}: Pearson {c['pearson']:+.2f}, Spearman {c['spearman']:+.2f} over {c['n']} runs")
+
     base = chosen[0]
     for other in chosen[1:]:
         st.subheader(f"{results.run_label(base)} vs {results.run_label(other)}")

@@ -199,8 +199,18 @@ def test_compare_page(run_ids, cache_env):
     no_errors(at)
     jac = results.mask_jaccard(run_ids[0], run_ids[1])
     assert ((jac["jaccard"] >= 0) & (jac["jaccard"] <= 1)).all()
-    lines = spec_of(at, 1)["data"]
+    figs = {spec_of(at, i)["layout"]["title"]["text"]: spec_of(at, i) for i in range(len(at.get("plotly_chart")))}
+    lines = figs["Mask overlap per layer"]["data"]
     assert sorted(tr["name"] for tr in lines) == sorted(jac["module"].unique())
+    # activation loss vs accuracy drop: one point per run and cluster, read back from each run's NSA tables
+    scatter = figs["Cluster activation loss vs accuracy drop across runs"]["data"]
+    for rid in run_ids:
+        drop = results.nsa_summary(rid)["accuracy"]["drop"]
+        cl = results.clusters(rid).query("level == 'cluster'").dropna(subset=["relative_lost"])
+        for r in cl.itertuples(index=False):
+            trace = next(t for t in scatter if t["name"] == r.name)
+            pairs = list(zip(values(trace["x"]), values(trace["y"])))
+            assert any(abs(x - r.relative_lost) < 1e-9 and abs(y - drop) < 1e-9 for x, y in pairs), (pairs, r, drop)
 
 
 def test_run_page_form_from_registry(cache_env):
