@@ -22,6 +22,9 @@ def add_commands(subparsers) -> None:
     b.add_argument("--out", help="output folder (default: nsa/demo, i.e. the committed artifacts)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=1, help="torch threads (1 when the machine is busy)")
+    b.add_argument("--data-only", action="store_true",
+                   help="rewrite only OUT/data (no training) for the model already in OUT/model, and record "
+                        "the data hashes in its build_info.json")
     b.set_defaults(func=run_build)
     i = sub.add_parser("info", help="print the committed demo model's build_info.json")
     i.set_defaults(func=run_info)
@@ -42,7 +45,7 @@ def run_build(args) -> int:
 
     from tqdm import tqdm
 
-    from nsa.demo.build import BuildConfig, build
+    from nsa.demo.build import BuildConfig, build, build_data_only
     from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
 
     cfg = BuildConfig(seed=args.seed, threads=args.threads)
@@ -53,6 +56,13 @@ def run_build(args) -> int:
     cfg = replace(cfg, train=replace(cfg.train, **overrides))
     out = Path(args.out) if args.out else None
     model_dir, data_dir = (out / "model", out / "data") if out else (DEMO_MODEL_DIR, DEMO_DATA_DIR)
+    if args.data_only:
+        if overrides or args.prompted_share is not None:
+            raise NSAError("--data-only trains nothing: drop --steps/--lr/--answer-weight/--prompted-share")
+        info = build_data_only(model_dir, data_dir, cfg)
+        print(json.dumps(info["data_sha256"], indent=1))
+        print(f"data: {data_dir}")
+        return 0
     bar = tqdm(total=cfg.train.steps, desc="training demo model", unit="step")
 
     def progress(step: int, loss: float) -> None:

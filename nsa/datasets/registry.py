@@ -83,6 +83,10 @@ _BUILTIN: list[TaskSpec] = [
              description="SYNTHETIC reviews with nouns and descriptive adjectives unseen in demo training",
              prompt=SENTIMENT_PROMPT,
              label_names=SENTIMENT_LABELS, path=str(DEMO_DATA_DIR / "unseen_test.jsonl")),
+    TaskSpec(name="demo-facts", group="qa", kind="multiple_choice", synthetic=True,
+             description="synthetic: facts stated in the demo training text", prompt="{question}",
+             metrics=("acc", "acc_norm"), required_fields=("question", "choices", "answer"),
+             text_fields=("question",), path=str(DEMO_DATA_DIR / "facts_test.jsonl")),
 ]
 
 _TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _BUILTIN}

@@ -11,7 +11,7 @@ from typing import Callable
 
 from nsa.demo.train import ModelShape, TrainConfig
 
-DATA_FILES = ("reviews_test", "unseen_test", "generic_calib", "reviews_calib")
+DATA_FILES = ("reviews_test", "unseen_test", "generic_calib", "reviews_calib", "facts_test")
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,50 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_data(data_dir: Path, cfg: BuildConfig) -> dict[str, str]:
+    """Write every data file (the same rows `build` trains around) and return their SHA-256s.
+
+    The data depend only on the seed and the test negation share, not on the model, so `demo build
+    --data-only` can add a data file (e.g. facts_test, task demo-facts) without retraining; the existing
+    files come out byte-identical.
+    """
+    from nsa.atomic import write_jsonl
+    from nsa.demo.corpus import demo_data, facts_test
+
+    data = demo_data(cfg.seed, negation=cfg.test_negation)
+    rows = {**{n: getattr(data, n) for n in DATA_FILES if n != "facts_test"}, "facts_test": facts_test(cfg.seed)}
+    for name in DATA_FILES:
+        write_jsonl(data_dir / f"{name}.jsonl", rows[name])
+    return {n: _sha(data_dir / f"{n}.jsonl") for n in DATA_FILES}
+
+
+def build_data_only(model_dir: Path, data_dir: Path, cfg: BuildConfig) -> dict:
+    """Rewrite the data files for an existing model and record their hashes in its build_info.json.
+
+    Refuses when the model was built with another seed or test negation share (its held-out reviews would
+    not be the ones written)."""
+    from nsa.atomic import write_text
+    from nsa.errors import NSAError
+
+    path = model_dir / "build_info.json"
+    if not path.is_file():
+        raise NSAError(f"{path} is missing: --data-only needs a built model; run `python -m nsa demo build`")
+    info = json.loads(path.read_text())
+    for key, value in (("seed", cfg.seed), ("test_negation", cfg.test_negation)):
+        if info.get(key) != value:
+            raise NSAError(f"the model in {model_dir} was built with {key} {info.get(key)}, not {value}; "
+                           "pass the same --seed or rebuild everything")
+    info["data_sha256"] = write_data(data_dir, cfg)
+    write_text(path, json.dumps(info, indent=1) + "\n")
+    return info
+
+
 def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
           progress: Callable[[int, float], None] | None = None) -> dict:
     """Build everything; returns the build info (also written to model_dir/build_info.json)."""
     import torch
 
-    from nsa.atomic import atomic_dir, write_jsonl
+    from nsa.atomic import atomic_dir
     from nsa.demo.corpus import demo_data, training_documents
     from nsa.demo.score import sentiment_accuracy
     from nsa.demo.tokenizer import train_tokenizer
@@ -65,8 +103,7 @@ def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
     losses = train(model, stream, train_cfg, progress, answer_ids)
     acc = {"demo-reviews": sentiment_accuracy(model, tokenizer, data.reviews_test),
            "demo-unseen": sentiment_accuracy(model, tokenizer, data.unseen_test)}
-    for name in DATA_FILES:
-        write_jsonl(data_dir / f"{name}.jsonl", getattr(data, name))
+    data_sha256 = write_data(data_dir, cfg)
     info = {"seed": cfg.seed, "steps": train_cfg.steps, "batch_size": train_cfg.batch_size,
             "seq_len": train_cfg.seq_len, "threads": cfg.threads, "n_docs": cfg.n_docs,
             "prompted_share": cfg.prompted_share, "bare_share": cfg.bare_share, "negation": cfg.negation,
@@ -77,7 +114,7 @@ def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
             "dense_accuracy": acc, "build_seconds": round(time.time() - t0, 1),
             "torch": torch.__version__, "synthetic": True,
             "corpus_sha256": hashlib.sha256("\n".join(docs).encode()).hexdigest(),
-            "data_sha256": {n: _sha(data_dir / f"{n}.jsonl") for n in DATA_FILES}}
+            "data_sha256": data_sha256}
     with atomic_dir(model_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

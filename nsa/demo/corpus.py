@@ -198,3 +198,76 @@ def demo_data(seed: int, n_test: int = 400, n_calib: int = 400, negation: float 
     generic = [{"text": generic_text(rng)} for _ in range(n_calib)]
     calib = [{"text": review(rng, bool(rng.randrange(2)), negation=negation)} for _ in range(n_calib)]
     return DemoData(reviews_test, unseen_test, generic, calib)
+
+
+# ---- demo-facts: a non-sentiment multiple-choice task over facts the training text states ---------------------
+FACTS_SEED_OFFSET = 2_000_003  # the facts' own random stream: the other data files do not move
+FACT_VARIANTS = 2  # each fact is asked twice, with different distractors and gold positions
+
+
+def _fact_items() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(category, question, gold, same-category pool) for every fact `_fact` and `_qa` state.
+
+    Only facts the corpus states *consistently* are used: colours, animal sounds, sums, the month after a
+    month and capitals. The encyclopedic adjectives ("The river of Corvia is wide") are drawn at random per
+    sentence, so they are not facts the model could know, and the science sentences have no same-category
+    distractors. Each question is the training sentence (or question/answer line) cut before its answer,
+    so `question + " " + gold` occurs verbatim in the training text.
+    """
+    colours = tuple(dict.fromkeys(L.COLOURS.values()))
+    sounds = tuple(L.ANIMALS.values())
+    capitals = tuple(L.CAPITALS[p] for p in L.PLACES)
+    items = []
+    for thing, colour in L.COLOURS.items():
+        items.append(("colour", f"The colour of the {thing} is", colour, colours))
+        items.append(("colour", f"Question: What colour is the {thing}?\nAnswer:", colour, colours))
+    for animal, sound in L.ANIMALS.items():
+        items.append(("animal", f"The {animal}", sound, sounds))
+        items.append(("animal", f"Question: What does the {animal} do?\nAnswer: It", sound, sounds))
+    for a in range(7):
+        for b in range(7):
+            items.append(("sum", f"{_cap(L.NUMBERS[a])} plus {L.NUMBERS[b]} is", L.NUMBERS[a + b],
+                          tuple(L.NUMBERS)))
+            items.append(("sum", f"Question: What is {L.NUMBERS[a]} plus {L.NUMBERS[b]}?\nAnswer:",
+                          L.NUMBERS[a + b], tuple(L.NUMBERS)))
+    for i in range(11):
+        items.append(("month", f"The month after {L.MONTHS[i]} is", L.MONTHS[i + 1], tuple(L.MONTHS)))
+    for place in L.PLACES:
+        items.append(("capital", f"The capital of {place} is", L.CAPITALS[place], capitals))
+        items.append(("capital", f"Question: What is the capital of {place}?\nAnswer:", L.CAPITALS[place],
+                      capitals))
+    return items
+
+
+def _distractors(rng: random.Random, category: str, gold: str, pool: tuple[str, ...],
+                 others: dict[str, tuple[str, ...]]) -> list[str]:
+    """Three wrong answers: one of the same category (for sums a number next to the true one) and two answers
+    of other categories (another category each). Why the mix: with three same-category distractors the
+    committed model is near chance (0.30; it learnt which *kind* of word completes each template, and the
+    individual fact only for the animal sounds), with three other-category ones the task would test the kind
+    of answer only. One same-category distractor keeps the individual facts in the score."""
+    if category == "sum":
+        g = L.NUMBERS.index(gold)
+        same = L.NUMBERS[rng.choice([n for n in (g - 1, g + 1) if 0 <= n < len(L.NUMBERS)])]
+    else:
+        same = rng.choice([w for w in pool if w != gold])
+    cats = rng.sample(sorted(c for c in others if c != category), 2)
+    return [same] + [rng.choice(others[c]) for c in cats]
+
+
+def facts_test(seed: int, variants: int = FACT_VARIANTS) -> list[dict]:
+    """Rows {"question", "choices", "answer", "category"} of task `demo-facts` (like openbookqa: the prompt is
+    the question itself, each choice is scored after a space). Deterministic by seed; shuffled."""
+    rng = random.Random(seed + FACTS_SEED_OFFSET)
+    items = _fact_items()
+    answers = {category: tuple(dict.fromkeys(g for c, _, g, _ in items if c == category)) for category, *_ in items}
+    rows = []
+    for category, question, gold, pool in items:
+        for _ in range(variants):
+            choices = _distractors(rng, category, gold, pool, answers)
+            rng.shuffle(choices)
+            answer = rng.randrange(4)
+            choices.insert(answer, gold)
+            rows.append({"question": question, "choices": choices, "answer": answer, "category": category})
+    rng.shuffle(rows)
+    return rows
