@@ -136,7 +136,9 @@ def table_breakpoints(table, value: str = "accuracy", min_side: int = 2):
     rows = []
     if table.empty:
         return pd.DataFrame(columns=keys + ["breakpoint", "ci_low", "ci_high", "n_seeds"])
-    grouped = table.assign(seed=table["seed"].fillna(-1)).fillna({k: "" for k in keys}).groupby(keys, sort=False)
+    # dropna=False: magnitude curves have no calibration source/nsamples (NaN keys stay NaN, so the table
+    # keeps one dtype per column)
+    grouped = table.assign(seed=table["seed"].fillna(-1)).groupby(keys, sort=False, dropna=False)
     for key, curve in grouped:
         if curve["sparsity"].nunique() < 2 * min_side:
             continue
