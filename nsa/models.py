@@ -12,7 +12,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
-def _looks_local(model_id: str) -> bool:
+def looks_local(model_id: str) -> bool:
     return (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
             or Path(model_id).expanduser().exists())
 
@@ -26,7 +26,7 @@ def resolve_model_dir(model_id: str) -> Path:
             raise NSAError(f"the demo model is not built yet ({DEMO_MODEL_DIR} has no config.json): "
                            "run `python -m nsa demo build` first")
         return DEMO_MODEL_DIR
-    if _looks_local(model_id):
+    if looks_local(model_id):
         path = Path(model_id).expanduser()
         if not path.is_dir():
             raise NSAError(f"model folder {path} does not exist: check the path, or give a hub id like 'org/name'")

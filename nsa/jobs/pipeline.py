@@ -276,23 +276,26 @@ class _Reporter:
 
 
 # --- the job --------------------------------------------------------------------------------------------
-def run_job(spec: Any, progress: Callable[[JobProgress], None] | None = None) -> Path:
+def run_job(spec: Any, progress: Callable[[JobProgress], None] | None = None, run_id: str | None = None) -> Path:
     """Run every stage of `spec` (a `JobSpec` or mapping) and return the complete run folder.
 
+    `run_id`: the queued job's id (its folder name); by default the spec's id now. They differ only when the
+    model's files changed after the job was queued, and the job's folder must still be the one it announced.
     A run folder that already verifies is returned at once (nothing is recomputed).
     """
     spec = parse_spec(spec)
-    final = runs.run_dir(spec.id)
+    run_id = run_id or spec.id
+    final = runs.run_dir(run_id)
     if not runs.verify_folder(final):
         if progress is not None:
             progress(JobProgress("done", 1.0, 1.0, "already computed"))
         return final
     check_available(spec)
-    runs.clean_partial(spec.id)
+    runs.clean_partial(run_id)
     reusable = plan_reuse(spec, final)
     started = time.time()
     with atomic_dir(final) as out:
-        log, handler = _job_logger(spec.id, out)
+        log, handler = _job_logger(run_id, out)
         try:
             ctx = Context(spec=spec, out=out, old=final, reusable=reusable, log=log)
             _run_stages(ctx, _Reporter(progress, log))
@@ -306,7 +309,7 @@ def run_job(spec: Any, progress: Callable[[JobProgress], None] | None = None) ->
             log.removeHandler(handler)
         runs.write_manifest(out)
     if progress is not None:
-        progress(JobProgress("done", 1.0, 1.0, f"run {spec.id} complete"))
+        progress(JobProgress("done", 1.0, 1.0, f"run {run_id} complete"))
     return final
 
 

@@ -11,8 +11,10 @@ nsa: {task: demo-reviews, words: learned, limit: 100}                     # opti
 ```
 
 Unknown keys and bad values raise `NSAError` naming the key's path (`prune.sparsity: ...`). The run id is
-the first 16 hex digits of the sha256 of the normalised spec (canonical JSON, without `device`), so the same
-experiment asked twice — from the CLI, the app or a study — is one run.
+the first 16 hex digits of the sha256 of the normalised spec (canonical JSON, without `device`) and, for the demo
+and local folders, of the model files' content hash (`nsa.models.model_key`, cached per process by sizes and
+modification times; about 10 s once for a 7B folder), so the same experiment asked twice —
+from the CLI, the app or a study — is one run, and a model retrained in the same folder is a new one.
 """
 from __future__ import annotations
 
@@ -80,12 +82,29 @@ class JobSpec:
 
     @property
     def id(self) -> str:
-        return spec_id(self.to_dict())
+        return spec_id(self.to_dict(), model_fingerprint(self.model))
 
 
-def spec_id(normalised: dict) -> str:
-    """Hash of the normalised spec without the fields that do not change results (`NOT_IN_ID`)."""
+def model_fingerprint(model: str) -> str | None:
+    """The model files' content hash (`nsa.models.model_key`) for the demo and local folders, so a model
+    retrained in the same folder makes new runs instead of showing the old ones. Hub ids are keyed by name
+    (None): their cached snapshot is what runs."""
+    from nsa.models import looks_local, model_key
+
+    if model != "demo" and not looks_local(model):
+        return None
+    try:
+        return model_key(model)
+    except NSAError:
+        return None  # a missing folder is reported when the job loads it
+
+
+def spec_id(normalised: dict, model_files: str | None = None) -> str:
+    """Hash of the normalised spec without the fields that do not change results (`NOT_IN_ID`), plus the
+    model files' key when there is one."""
     keyed = {k: v for k, v in normalised.items() if k not in NOT_IN_ID}
+    if model_files is not None:
+        keyed["model_files"] = model_files
     text = json.dumps(keyed, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
 

@@ -271,7 +271,7 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
     stage = {"name": "starting"}
     writer = _ProgressWriter(store, job.id, stage, also=also, watch_parent=child)
     try:
-        folder = run_job(job.spec, progress=writer)
+        folder = run_job(job.spec, progress=writer, run_id=job.id)
     except (NSAError, PruneError) as err:
         store.finish(job.id, "failed", message=f"failed during {stage['name']}: {err}", error=str(err),
                      traceback=tb.format_exc())

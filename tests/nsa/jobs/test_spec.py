@@ -82,3 +82,26 @@ def test_not_a_mapping_and_yaml_files(tmp_path, stories_dir):
     typo.write_text(f"model: {stories_dir}\nprune: {{method: wanda, sparsity: 0.5}}\nevaluate: {{taks: [sst2]}}\n")
     with pytest.raises(NSAError, match=r"typo.yaml: evaluate.taks: unknown key"):
         load_spec(typo)
+
+
+def test_a_model_retrained_in_the_same_folder_is_a_new_run(stories_dir, tmp_path):
+    """The run id covers the model's files (content), not only its path: old results are never shown for new
+    weights, and a file that was only touched keeps its runs."""
+    import os
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(stories_dir, folder)
+    spec = _base(stories_dir) | {"model": str(folder)}
+    before = parse_spec(spec).id
+    assert parse_spec(spec).id == before  # stable while the files are unchanged
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert parse_spec(spec).id == before  # touched, same content: still the same run
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] * 0.5  # "retrained": new weights in the same folder
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert parse_spec(spec).id != before
