@@ -21,4 +21,5 @@ PAGES = [
 if (ROOT / "pages" / "study.py").is_file():
     PAGES.append(st.Page(str(ROOT / "pages" / "study.py"), title="Study", url_path="study"))
 
+st.session_state["nsa_app"] = True  # pages check it (see nsa.ui.guarded)
 st.navigation(PAGES).run()

@@ -69,7 +69,17 @@ def submit_rerun(run_id: str) -> str:
 
 
 def guarded(body: Callable[[], None]) -> None:
-    """Run a page body; any error becomes a readable message."""
+    """Run a page body; any error becomes a readable message.
+
+    The first session after the server starts may open a page URL (a copied link) before `app.py` has ever
+    run: Streamlit then runs `pages/<name>.py` on its own, with the `pages/` folder as navigation and no page
+    config. Such a run hands over to `app.py`, whose navigation runs the same page properly.
+    """
+    if not st.session_state.get("nsa_app"):
+        import runpy
+
+        runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
+        return
     try:
         body()
     except Exception as err:  # noqa: BLE001 - the page must never show a bare traceback (st.stop/rerun are

@@ -113,6 +113,12 @@ def test_browser_end_to_end(server, stories_dir):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 2000})
+        # the server's very first session opens a page URL (a copied link): the dashboard's own navigation and
+        # layout must show, not Streamlit's bare pages/ folder (which would list "app" and file names)
+        page.goto(url + "/accuracy")
+        nav = page.locator("[data-testid='stSidebarNav']")
+        nav.get_by_text("Task accuracy", exact=True).wait_for(timeout=30_000)
+        assert not nav.get_by_text("app", exact=True).count()
         page.goto(url + "/")
         page.get_by_role("heading", name="Run a pruning job").wait_for(timeout=30_000)
         assert (DEMO_MODEL / "config.json").is_file(), "the committed demo model is missing"

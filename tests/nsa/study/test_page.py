@@ -7,7 +7,17 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-PAGE = str(Path(__file__).resolve().parents[3] / "pages" / "study.py")
+ROOT = Path(__file__).resolve().parents[3]
+PAGE = str(ROOT / "pages" / "study.py")
+
+
+def study_page(**params) -> AppTest:
+    """The Study page through app.py's navigation, as the browser shows it (not yet run)."""
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.switch_page(PAGE)
+    return at
 
 
 def _errors(at) -> list[str]:
@@ -19,9 +29,7 @@ def test_page_shows_a_finished_study(tiny_study, study_cache):
     path, plan = tiny_study
     (study_cache / "studies").mkdir(exist_ok=True)
     shutil.copy(path, study_cache / "studies" / "tiny.yaml")
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.query_params["study"] = "tiny"
-    at.run()
+    at = study_page(study="tiny").run()
     assert _errors(at) == []
     assert at.selectbox(key="study-pick").value == "tiny"
     assert any("2 runs; 2 finished" in m.value for m in at.markdown)
@@ -38,7 +46,7 @@ def test_page_shows_a_finished_study(tiny_study, study_cache):
 
 def test_form_refuses_a_large_grid_and_saves_a_finished_one(tiny_study, stories_dir, study_cache, monkeypatch):
     monkeypatch.setenv("NSA_ALLOWED_DIRS", str(stories_dir.parent))
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = study_page().run()
     at.selectbox(key="study-pick").set_value("➕ define a new study").run()
     assert _errors(at) == []
     at.number_input(key="study-max-runs").set_value(5)  # < default grid (3 methods x 2 sources x 6 x 3 seeds)
@@ -64,7 +72,7 @@ def test_form_refuses_a_large_grid_and_saves_a_finished_one(tiny_study, stories_
 
 
 def test_model_folder_outside_the_allowed_folders_is_refused(study_cache, tmp_path):
-    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at = study_page().run()
     at.selectbox(key="study-pick").set_value("➕ define a new study").run()
     at.radio(key="study-model-kind").set_value("local folder").run()
     at.text_input(key="study-model-path").set_value(str(tmp_path)).run()
