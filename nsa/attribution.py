@@ -45,6 +45,80 @@ class AttributionConfig:
     validate: bool = True
 
 
+@dataclass(frozen=True)
+class NSAOption:
+    """One user-settable NSA setting: the CLI flags, the job spec's `nsa.options` and the app's form come from
+    `NSA_OPTIONS`, and `attribution_config` is the one place that checks values and builds the config."""
+
+    name: str
+    type: type
+    default: Any
+    min: float | None = None
+    max: float | None = None
+    help: str = ""
+    choices: tuple = ()  # none today; present so the app draws these like the pruners' options
+
+
+NSA_OPTIONS: tuple[NSAOption, ...] = (
+    NSAOption("top_k", int, 20, 1, None, "influential words per class"),
+    NSAOption("min_df", int, 3, 1, None, "minimum examples containing a word (learned words)"),
+    NSAOption("min_occurrences", int, 10, 1, None, "occurrences a word needs before it is tested"),
+    NSAOption("alpha", float, 0.05, 0.0, 1.0, "Benjamini-Hochberg false discovery rate of the labelling test"),
+    NSAOption("min_selectivity", float, 1.0, 0.0, None, "minimum selectivity (σ) of a labelling word"),
+    NSAOption("n_ablate", int, None, 1, None, "labelled neurons ablated per cluster (default: 2% of MLP "
+                                              "neurons, at least 10)"),
+    NSAOption("seeds", int, 3, 3, None, "random-neuron controls of the validation (at least 3)"),
+    NSAOption("validation", bool, True, None, None, "the ablation check of the labels"),
+)
+
+
+def nsa_defaults() -> dict[str, Any]:
+    return {o.name: o.default for o in NSA_OPTIONS}
+
+
+def check_nsa_options(options: dict[str, Any],
+                      label: Callable[[str], str] = lambda name: f"nsa.options.{name}") -> dict[str, Any]:
+    """All NSA options with defaults filled in; unknown names, wrong types and out-of-range values are
+    `NSAError`s naming the option as `label(name)` says (the spec key, or the CLI flag)."""
+    by_name = {o.name: o for o in NSA_OPTIONS}
+    unknown = sorted(set(options) - set(by_name))
+    if unknown:
+        raise NSAError(f"{label(unknown[0])}: unknown NSA option (known: {', '.join(by_name)})")
+    out = nsa_defaults()
+    for name, value in options.items():
+        opt = by_name[name]
+        if value is None and opt.default is None:
+            continue
+        if opt.type is bool:
+            if not isinstance(value, bool):
+                raise NSAError(f"{label(name)}: expected true or false, got {value!r}")
+        elif opt.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NSAError(f"{label(name)}: expected an integer, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise NSAError(f"{label(name)}: expected a number, got {value!r}")
+        if opt.name == "alpha" and not 0 < value < 1:
+            raise NSAError(f"{label(name)}: must be between 0 and 1 (exclusive), got {value}")
+        if opt.min is not None and value < opt.min:
+            raise NSAError(f"{label(name)}: must be at least {opt.min:g}, got {value}")
+        if opt.max is not None and value > opt.max:
+            raise NSAError(f"{label(name)}: must be at most {opt.max:g}, got {value}")
+        out[name] = opt.type(value)
+    return out
+
+
+def attribution_config(options: dict[str, Any] | None = None, batch_size: int = 16,
+                       label: Callable[[str], str] = lambda name: f"nsa.options.{name}") -> AttributionConfig:
+    """The `AttributionConfig` of checked `options` (see `NSA_OPTIONS`); `batch_size` changes no result."""
+    o = check_nsa_options(options or {}, label)
+    return AttributionConfig(
+        words=WordConfig(top_k=o["top_k"], min_df=o["min_df"], batch_size=batch_size),
+        matching=MatchConfig(batch_size=batch_size, min_occurrences=o["min_occurrences"], alpha=o["alpha"],
+                             min_selectivity=o["min_selectivity"]),
+        validation=ValidationConfig(n_neurons=o["n_ablate"], seeds=o["seeds"], batch_size=batch_size),
+        validate=o["validation"])
+
+
 class _Progress:
     """Maps stage fractions into the caller's callback as `nsa.evaluation.ProgressEvent`s."""
 

@@ -89,8 +89,26 @@ def build_spec() -> dict:
                                                 index=labelled.index("demo-reviews" if demo else "sst2")),
                            "words": st.selectbox("Influential words", ["learned", "gradient"], key="nsa-words"),
                            "limit": int(st.number_input("NSA examples (0 = all)", 0, 1_000_000, 200,
-                                                        key="nsa-limit")) or None}
+                                                        key="nsa-limit")) or None,
+                           "options": nsa_options()}
     return spec
+
+
+def nsa_options() -> dict:
+    """The NSA settings form, generated from `nsa.attribution.NSA_OPTIONS` (as the CLI flags are)."""
+    from nsa.attribution import NSA_OPTIONS
+
+    options: dict = {}
+    with st.expander("NSA options"):
+        for opt in NSA_OPTIONS:
+            if opt.default is None:  # an automatic default (n_ablate): 0 keeps it
+                value = int(st.number_input(f"{opt.name} (0 = automatic)", 0, None, 0, help=opt.help,
+                                            key=f"opt-nsa-{opt.name}"))
+                if value:
+                    options[opt.name] = value
+            else:
+                options[opt.name] = option_widget("nsa", opt)
+    return options
 
 
 def launch(spec_dict: dict) -> None:

@@ -13,11 +13,8 @@ from nsa.masks import check_mask_files
 
 
 def add_commands(subparsers) -> None:
-    from nsa.matching import MatchConfig  # light modules: torch is imported only inside their functions
-    from nsa.validation import ValidationConfig
-    from nsa.words import WordConfig
+    from nsa.attribution import NSA_OPTIONS  # light: torch is imported only inside functions
 
-    w, m, v = WordConfig(), MatchConfig(), ValidationConfig()
     p = subparsers.add_parser("attribute", help="neuron semantic attribution (words -> neurons -> pruning)",
                               description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help='model folder, hub id, or "demo"')
@@ -28,41 +25,25 @@ def add_commands(subparsers) -> None:
                    help="learned (logistic regression), gradient (gradient x input), or a JSON/CSV word file")
     p.add_argument("--limit", type=int, help="first N examples (default: all)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--top-k", type=int, default=w.top_k, help="influential words per class (learned/gradient)")
-    p.add_argument("--min-df", type=int, default=w.min_df, help="minimum number of examples containing a word")
-    p.add_argument("--alpha", type=float, default=m.alpha, help="Benjamini-Hochberg FDR of the labelling test")
-    p.add_argument("--min-occurrences", type=int, default=m.min_occurrences, help="occurrences a word needs to be tested")
-    p.add_argument("--min-selectivity", type=float, default=m.min_selectivity, help="minimum selectivity of a label word")
-    p.add_argument("--n-ablate", type=int, default=v.n_neurons,
-                   help=f"labelled neurons ablated per cluster (default: {v.share:.0%} of the MLP neurons, "
-                        f"at least 10)")
-    p.add_argument("--seeds", type=int, default=v.seeds, help="random-ablation seeds (>= 3)")
-    p.add_argument("--no-validation", action="store_true", help="skip the ablation check")
-    p.add_argument("--batch-size", type=int, default=m.batch_size)
+    for opt in NSA_OPTIONS:  # the same options as a job spec's nsa.options and the app's NSA form
+        flag = "--" + opt.name.replace("_", "-")
+        if opt.type is bool:
+            p.add_argument(f"--no-{opt.name}", dest=opt.name, action="store_false", help=f"skip: {opt.help}")
+        else:
+            p.add_argument(flag, type=opt.type, default=opt.default, help=opt.help)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace):
-    from nsa.attribution import AttributionConfig
-    from nsa.matching import MatchConfig
-    from nsa.validation import ValidationConfig
-    from nsa.words import WordConfig
+    from nsa.attribution import NSA_OPTIONS, attribution_config
 
-    for name in ("top_k", "min_df", "min_occurrences", "n_ablate", "batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise NSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not 0 < args.alpha < 1:
-        raise NSAError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if args.seeds < 3:
-        raise NSAError(f"--seeds must be at least 3 (random controls), got {args.seeds}")
-    return AttributionConfig(
-        words=WordConfig(top_k=args.top_k, min_df=args.min_df, batch_size=args.batch_size),
-        matching=MatchConfig(batch_size=args.batch_size, min_occurrences=args.min_occurrences, alpha=args.alpha,
-                             min_selectivity=args.min_selectivity),
-        validation=ValidationConfig(n_neurons=args.n_ablate, seeds=args.seeds, batch_size=args.batch_size),
-        validate=not args.no_validation)
+    if args.batch_size < 1:
+        raise NSAError(f"--batch-size must be at least 1, got {args.batch_size}")
+    options = {o.name: getattr(args, o.name) for o in NSA_OPTIONS}
+    return attribution_config(options, batch_size=args.batch_size, label=lambda n: "--" + n.replace("_", "-"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -142,7 +142,7 @@ def _comparison(ctx: Context, report: Callable) -> None:
 
 
 def _nsa(ctx: Context, report: Callable) -> None:
-    from nsa.attribution import attribute
+    from nsa.attribution import attribute, attribution_config
     from nsa.models import load_model
 
     n = ctx.spec.nsa
@@ -155,7 +155,8 @@ def _nsa(ctx: Context, report: Callable) -> None:
     weights = ctx.out / "weights.safetensors"
     attribute(ctx.model, ctx.tokenizer, n.task, masks=ctx.out / "masks.safetensors",
               weights=weights if weights.is_file() else None, words=n.words, limit=n.limit,
-              out_dir=ctx.out / "nsa", progress=report, model_id=ctx.spec.model)
+              out_dir=ctx.out / "nsa", progress=report, model_id=ctx.spec.model,
+              config=attribution_config(n.options))
 
 
 def _has_eval(spec: JobSpec) -> bool:

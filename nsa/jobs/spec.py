@@ -59,6 +59,7 @@ class NSASpec:
     task: str
     words: str = "learned"
     limit: int | None = None
+    options: dict = field(default_factory=dict)  # every `nsa.attribution.NSA_OPTIONS` entry, defaults filled
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def _evaluate(value: Any) -> EvaluateSpec | None:
 def _nsa(value: Any) -> NSASpec | None:
     if value is None:
         return None
-    sec = _mapping(value, "nsa", {"task", "words", "limit"})
+    sec = _mapping(value, "nsa", {"task", "words", "limit", "options"})
     if sec.get("task") is None:
         raise NSAError("nsa.task: missing (the labelled classification task to attribute, e.g. demo-reviews)")
     task = _text(sec["task"], "nsa.task")
@@ -284,7 +285,13 @@ def _nsa(value: Any) -> NSASpec | None:
         if not Path(words).expanduser().is_file():
             raise NSAError(f"nsa.words: expected learned, gradient or a word file, got {words!r} (no such file)")
         words = str(Path(words).expanduser().resolve())
-    return NSASpec(task=task, words=words, limit=_limit(sec.get("limit"), "nsa.limit"))
+    from nsa.attribution import check_nsa_options
+
+    options = sec.get("options") or {}
+    if not isinstance(options, dict):
+        raise NSAError(f"nsa.options: expected a mapping of NSA options, got {options!r}")
+    return NSASpec(task=task, words=words, limit=_limit(sec.get("limit"), "nsa.limit"),
+                   options=check_nsa_options(options))
 
 
 def _check_task(name: str, where: str) -> None:

@@ -225,6 +225,11 @@ def test_run_page_form_from_registry(cache_env):
     generated = {w.key.split("-", 2)[2] for w in list(at.number_input) + list(at.selectbox) + list(at.checkbox)
                  if w.key and w.key.startswith("opt-sparsegpt-")}
     assert generated == declared
+    from nsa.attribution import NSA_OPTIONS  # the NSA form comes from its declarations too
+
+    nsa_keys = {w.key.split("-", 2)[2] for w in list(at.number_input) + list(at.checkbox)
+                if w.key and w.key.startswith("opt-nsa-")}
+    assert nsa_keys == {o.name for o in NSA_OPTIONS}
 
 
 def test_run_page_rejects_path_outside_allowed(cache_env, tmp_path):

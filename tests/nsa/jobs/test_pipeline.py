@@ -62,3 +62,19 @@ def test_no_reuse_from_a_folder_of_another_spec(cache, stories_dir):
     write_json(folder / "spec.json", _spec(stories_dir, dtype="bfloat16").to_dict())
     runs.write_manifest(folder)
     assert plan_reuse(spec, folder) == set()
+
+
+def test_nsa_options_reach_the_attribution(cache, stories_dir):
+    """A job's nsa.options are what the NSA stage runs with (here: 4 words per class, no validation)."""
+    import json
+
+    from nsa.jobs.pipeline import run_job
+
+    spec = parse_spec({"model": str(stories_dir), "prune": {"method": "magnitude", "sparsity": 0.5},
+                       "nsa": {"task": "sst2", "limit": 24,
+                               "options": {"top_k": 4, "min_df": 2, "min_occurrences": 5, "validation": False}}})
+    folder = run_job(spec)
+    summary = json.loads((folder / "nsa" / "summary.json").read_text())
+    assert summary["words"]["top_k"] == 4 and summary["words"]["n_words"] <= 8
+    assert summary["validation"] == {}
+    assert summary["matching"]["min_occurrences"] == 5

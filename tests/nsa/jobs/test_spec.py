@@ -105,3 +105,18 @@ def test_a_model_retrained_in_the_same_folder_is_a_new_run(stories_dir, tmp_path
     tensors[name] = tensors[name] * 0.5  # "retrained": new weights in the same folder
     save_file(tensors, str(weights), metadata={"format": "pt"})
     assert parse_spec(spec).id != before
+
+
+def test_nsa_options_are_checked_filled_and_part_of_the_id(stories_dir):
+    base = _base(stories_dir) | {"nsa": {"task": "sst2"}}
+    plain = parse_spec(base)
+    assert plain.nsa.options["top_k"] == 20 and plain.nsa.options["validation"] is True  # defaults filled
+    assert parse_spec(base | {"nsa": {"task": "sst2", "options": {"top_k": 20}}}).id == plain.id
+    other = parse_spec(base | {"nsa": {"task": "sst2", "options": {"top_k": 5, "validation": False}}})
+    assert other.id != plain.id and other.nsa.options["top_k"] == 5
+    for options, message in (({"topk": 5}, "nsa.options.topk: unknown NSA option"),
+                             ({"alpha": 2}, "nsa.options.alpha: must be between 0 and 1"),
+                             ({"seeds": 2}, "nsa.options.seeds: must be at least 3"),
+                             ({"validation": "no"}, "nsa.options.validation: expected true or false")):
+        with pytest.raises(NSAError, match=message):
+            parse_spec(base | {"nsa": {"task": "sst2", "options": options}})

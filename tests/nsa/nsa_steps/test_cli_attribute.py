@@ -9,7 +9,9 @@ from nsa.cli import main
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seeds", "2"], "--seeds must be at least 3"),
+    (["--seeds", "2"], "--seeds: must be at least 3"),
+    (["--alpha", "1.5"], "--alpha: must be between 0 and 1"),
+    (["--n-ablate", "0"], "--n-ablate: must be at least 1"),
     (["--words", "no/such/words.json"], "--words"),
     (["--weights", "w.safetensors"], "does not exist"),
     (["--task", "no-such-task"], "no-such-task"),
