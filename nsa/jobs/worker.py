@@ -40,6 +40,8 @@ MAX_ATTEMPTS = 2  # a job interrupted by a dead worker is run once more, then fa
 KILL_GRACE_S = 3.0
 OOM_HINT = ("GPU out of memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
             "evaluate.limit, use dtype float16/bfloat16, or run on a larger GPU (device: cpu works too, slowly)")
+HOST_OOM_HINT = ("out of host memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
+                 "evaluate.limit or nsa.limit, or use dtype bfloat16")
 
 
 def lock_path() -> Path:
@@ -278,7 +280,8 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
         return "failed"
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, a bug with its traceback
         if _is_oom(err):
-            message = OOM_HINT.format(stage=stage["name"])
+            hint = OOM_HINT if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else HOST_OOM_HINT
+            message = hint.format(stage=stage["name"])
             store.finish(job.id, "failed", message=message, error=f"{message}\n({err})", traceback=tb.format_exc())
             return "failed"
         if isinstance(err, KeyboardInterrupt):
@@ -318,8 +321,11 @@ class _ProgressWriter:
 
 
 def _is_oom(err: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA), Python's MemoryError, or the CPU allocator's refusal."""
     name = type(err).__name__
-    return name == "OutOfMemoryError" or ("CUDA out of memory" in str(err)) or isinstance(err, MemoryError)
+    text = str(err)
+    return (name == "OutOfMemoryError" or "CUDA out of memory" in text or isinstance(err, MemoryError)
+            or "DefaultCPUAllocator: can't allocate memory" in text or "DefaultCPUAllocator: not enough memory" in text)
 
 
 def _die_with_worker(worker_pid: int) -> None:

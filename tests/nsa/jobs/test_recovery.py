@@ -75,3 +75,36 @@ def test_worker_exits_cleanly_on_sigterm_and_when_idle(cache, wait):
                           env=os.environ.copy(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "exiting after 0 job(s)" in proc.stdout, proc.stderr
     assert JobStore().workers() == []  # it unregistered itself
+
+
+def _allocate_too_much() -> None:
+    import torch
+
+    torch.empty(2**62, dtype=torch.uint8)  # the CPU allocator refuses for real
+
+
+def _cuda_oom() -> None:
+    import torch
+
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@pytest.mark.parametrize("make_error, says", [(_allocate_too_much, "out of host memory"),
+                                              (_cuda_oom, "GPU out of memory")])
+def test_out_of_memory_fails_the_job_with_what_to_lower(cache, spec, monkeypatch, make_error, says):
+    """A real allocator refusal on the CPU (and torch's CUDA OOM error, which needs a GPU to happen for real)
+    fails the job with a message naming the settings to lower, not a bare traceback."""
+    from nsa.jobs import pipeline
+    from nsa.jobs.worker import run_in_process
+
+    def stage_that_runs_out(*args, **kwargs):
+        make_error()
+
+    monkeypatch.setattr(pipeline, "run_job", stage_that_runs_out)
+    store = JobStore()
+    job_id = store.submit(spec)
+    job = store.claim_next(os.getpid())
+    assert job is not None and job.id == job_id
+    assert run_in_process(store, job, child=False) == "failed"
+    done = store.get(job_id)
+    assert done.status == "failed" and says in done.message and "calibration.nsamples" in done.message
