@@ -32,7 +32,7 @@ from nsa.matching import MatchConfig
 from nsa.validation import ValidationConfig
 from nsa.words import WordConfig
 
-CACHE_FORMAT = 2  # 2: validation also records gold-margin drops
+CACHE_FORMAT = 3  # 2: gold-margin drops; 3: beats_random needs more than one example
 
 
 @dataclass

@@ -7,7 +7,8 @@ lm-evaluation-harness on the in-memory model, so the hooks apply). The control z
 from the same layers with the same per-layer counts (never the cluster's labelled ones), over `seeds`
 seeds (>= 3). Drops are in accuracy points (100 x (baseline - ablated)); `random_drop_std` is the sample
 standard deviation over seeds. A label set beats random when its drop exceeds the random mean by more than
-two random standard deviations (`beats_random`, reported beside the figures, not inside them).
+two random standard deviations and by more than one example (`beats_random`, reported beside the figures,
+not inside them): random controls that all drop the same have sd 0, and one flipped example is no evidence.
 
 Accuracy saturates: a confident model keeps every answer although ablation moved its log-likelihoods. So
 each ablation also reports the mean drop of the gold margin, log p(gold) - max log p(other choice), in nats,
@@ -160,7 +161,9 @@ def validate(model, tokenizer, task: str, limit: int | None, sites, sizes: list[
                                         "random_margin_drops": random_margins,
                                         "margin_examples": "class " + cluster if gold is not None else "all",
                                         "neurons": [list(x) for x in chosen],
-                                        "beats_random": drop > mean + 2 * std,
+                                        # two random sds, and never less than one example (an
+                                        # all-equal control has sd 0: one flip must not "beat" it)
+                                        "beats_random": drop > mean + max(2 * std, 100.0 / len(base_margins)),
                                         "beats_random_margin": m_drop > m_mean + 2 * m_std}
     return summary, details
 
