@@ -74,13 +74,7 @@ def measure_model(model_id: str, task: str, limit: int, n_words: int, batch_size
     t0 = time.perf_counter()
     with torch.no_grad():  # the same padded batches without hooks
         for start in range(0, len(encoded), batch_size):
-            batch = encoded[start:start + batch_size]
-            seq = max(len(e.ids) for e in batch)
-            ids = torch.zeros((len(batch), seq), dtype=torch.long)
-            att = torch.zeros((len(batch), seq), dtype=torch.long)
-            for b, e in enumerate(batch):
-                ids[b, : len(e.ids)] = torch.tensor(e.ids)
-                att[b, : len(e.ids)] = 1
+            ids, att = M.padded(encoded[start:start + batch_size], "cpu")
             model(input_ids=ids, attention_mask=att, use_cache=False)
     t_bare = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ from nsa.errors import NSAError
 from nsa.matching import MatchConfig
 from nsa.validation import ValidationConfig
 from nsa.words import WordConfig
+from pruners.registry import Option
 
 CACHE_FORMAT = 3  # 2: gold-margin drops; 3: beats_random needs more than one example
 
@@ -45,30 +46,17 @@ class AttributionConfig:
     validate: bool = True
 
 
-@dataclass(frozen=True)
-class NSAOption:
-    """One user-settable NSA setting: the CLI flags, the job spec's `nsa.options` and the app's form come from
-    `NSA_OPTIONS`, and `attribution_config` is the one place that checks values and builds the config."""
-
-    name: str
-    type: type
-    default: Any
-    min: float | None = None
-    max: float | None = None
-    help: str = ""
-    choices: tuple = ()  # none today; present so the app draws these like the pruners' options
-
-
-NSA_OPTIONS: tuple[NSAOption, ...] = (
-    NSAOption("top_k", int, 20, 1, None, "influential words per class"),
-    NSAOption("min_df", int, 3, 1, None, "minimum examples containing a word (learned words)"),
-    NSAOption("min_occurrences", int, 10, 1, None, "occurrences a word needs before it is tested"),
-    NSAOption("alpha", float, 0.05, 0.0, 1.0, "Benjamini-Hochberg false discovery rate of the labelling test"),
-    NSAOption("min_selectivity", float, 1.0, 0.0, None, "minimum selectivity (σ) of a labelling word"),
-    NSAOption("n_ablate", int, None, 1, None, "labelled neurons ablated per cluster (default: 2% of MLP "
-                                              "neurons, at least 10)"),
-    NSAOption("seeds", int, 3, 3, None, "random-neuron controls of the validation (at least 3)"),
-    NSAOption("validation", bool, True, None, None, "the ablation check of the labels"),
+NSA_OPTIONS: tuple[Option, ...] = (  # declared like the pruners' options (one mechanism)
+    Option("top_k", int, 20, min=1, help="influential words per class"),
+    Option("min_df", int, 3, min=1, help="minimum examples containing a word (learned words)"),
+    Option("min_occurrences", int, 10, min=1, help="occurrences a word needs before it is tested"),
+    Option("alpha", float, 0.05, min=0.0, max=1.0,
+           help="Benjamini-Hochberg false discovery rate of the labelling test (0 and 1 excluded)"),
+    Option("min_selectivity", float, 1.0, min=0.0, help="minimum selectivity (σ) of a labelling word"),
+    Option("n_ablate", int, None, min=1,
+           help="labelled neurons ablated per cluster (default: 2% of MLP neurons, at least 10)"),
+    Option("seeds", int, 3, min=3, help="random-neuron controls of the validation (at least 3)"),
+    Option("validation", bool, True, help="the ablation check of the labels"),
 )
 
 
@@ -88,22 +76,13 @@ def check_nsa_options(options: dict[str, Any],
     for name, value in options.items():
         opt = by_name[name]
         if value is None and opt.default is None:
-            continue
-        if opt.type is bool:
-            if not isinstance(value, bool):
-                raise NSAError(f"{label(name)}: expected true or false, got {value!r}")
-        elif opt.type is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise NSAError(f"{label(name)}: expected an integer, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise NSAError(f"{label(name)}: expected a number, got {value!r}")
-        if opt.name == "alpha" and not 0 < value < 1:
-            raise NSAError(f"{label(name)}: must be between 0 and 1 (exclusive), got {value}")
-        if opt.min is not None and value < opt.min:
-            raise NSAError(f"{label(name)}: must be at least {opt.min:g}, got {value}")
-        if opt.max is not None and value > opt.max:
-            raise NSAError(f"{label(name)}: must be at most {opt.max:g}, got {value}")
-        out[name] = opt.type(value)
+            continue  # an automatic default (n_ablate)
+        typed, problem = opt.check(value)
+        if problem is None and name == "alpha" and typed in (0.0, 1.0):
+            problem = opt.range_text()  # an FDR of 0 or 1 is no test
+        if problem is not None:
+            raise NSAError(f"{label(name)}: {problem}, got {value!r}")
+        out[name] = typed
     return out
 
 

@@ -5,6 +5,7 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+from nsa.atomic import sha256_file
 from nsa.errors import NSAError
 from nsa.paths import DEMO_MODEL_DIR
 
@@ -76,21 +77,13 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "float32", trust
     return model, tokenizer
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @lru_cache(maxsize=64)
 def _dir_key(path: str, stamp: tuple) -> str:
     h = hashlib.sha256()
     for p in sorted(Path(path).rglob("*")):
         if p.is_file() and p.suffix in (".json", ".safetensors", ".model", ".txt"):
             h.update(str(p.relative_to(path)).encode())
-            h.update(_file_digest(p).encode())
+            h.update(sha256_file(p).encode())
     return h.hexdigest()[:16]
 
 

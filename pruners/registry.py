@@ -20,16 +20,45 @@ class Option:
     help: str = ""
 
     def validate(self, value: Any) -> Any:
+        """The typed value, or PruneError naming the option and what is wrong."""
+        typed, problem = self.check(value)
+        if problem is not None:
+            if self.range_text() and problem == self.range_text():
+                problem = f"is outside the allowed range: it {problem}"
+            raise PruneError(f"option {self.name}={value!r}: {problem}" + (f" ({self.help})" if self.help else ""))
+        return typed
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """(typed value, None), or (value, what is wrong). Strict: no silent truncation of 2.5 to an int, and a
+        bool is true/false (or yes/no, on/off, 1/0 as text), never any other string read as False."""
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value, None
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return text in ("1", "true", "yes", "on"), None
+            return value, "expected true or false"
         try:
-            value = self.type(value) if not (self.type is bool and isinstance(value, str)) else \
-                value.lower() in ("1", "true", "yes", "on")
+            if self.type is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            typed = self.type(value) if not isinstance(value, bool) or self.type is str else None
+            if typed is None:
+                raise ValueError
         except (TypeError, ValueError):
-            raise PruneError(f"option {self.name}={value!r} is not a {self.type.__name__}: {self.help}")
-        if self.choices is not None and value not in self.choices:
-            raise PruneError(f"option {self.name}={value!r} must be one of {', '.join(map(str, self.choices))}")
-        if self.min is not None and value < self.min or self.max is not None and value > self.max:
-            raise PruneError(f"option {self.name}={value!r} outside [{self.min}, {self.max}]: {self.help}")
-        return value
+            return value, "expected " + {"int": "an integer", "float": "a number"}.get(self.type.__name__,
+                                                                                    f"a {self.type.__name__}")
+        if self.choices is not None and typed not in self.choices:
+            return value, f"must be one of {', '.join(map(str, self.choices))}"
+        if self.min is not None and typed < self.min or self.max is not None and typed > self.max:
+            return value, self.range_text()
+        return typed, None
+
+    def range_text(self) -> str:
+        if self.min is None and self.max is None:
+            return ""
+        if self.min is not None and self.max is not None:
+            return f"must be between {self.min:g} and {self.max:g}"
+        return f"must be at least {self.min:g}" if self.min is not None else f"must be at most {self.max:g}"
 
 
 def group_options(default_group: str) -> list[Option]:

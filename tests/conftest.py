@@ -27,6 +27,17 @@ def stories_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def stories(stories_dir: Path):
+    """(model, tokenizer) of the real stories260K checkpoint, fp32, eval mode; shared read-only: tests that
+    prune or change weights work on a copy (`nsa.masks.pruned_copy`) or load their own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(stories_dir)
+
+
+@pytest.fixture(scope="session")
 def reference_dir(shared_dir: Path) -> Path:
     return shared_dir / "reference" / "tiny-llama"
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nsa.atomic import sha256_file
 from nsa.demo.train import ModelShape, TrainConfig
 
 DATA_FILES = ("reviews_test", "unseen_test", "generic_calib", "reviews_calib", "facts_test")
@@ -31,10 +32,6 @@ class BuildConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_data(data_dir: Path, cfg: BuildConfig) -> dict[str, str]:
     """Write every data file (the same rows `build` trains around) and return their SHA-256s.
 
@@ -49,7 +46,7 @@ def write_data(data_dir: Path, cfg: BuildConfig) -> dict[str, str]:
     rows = {**{n: getattr(data, n) for n in DATA_FILES if n != "facts_test"}, "facts_test": facts_test(cfg.seed)}
     for name in DATA_FILES:
         write_jsonl(data_dir / f"{name}.jsonl", rows[name])
-    return {n: _sha(data_dir / f"{n}.jsonl") for n in DATA_FILES}
+    return {n: sha256_file(data_dir / f"{n}.jsonl") for n in DATA_FILES}
 
 
 def build_data_only(model_dir: Path, data_dir: Path, cfg: BuildConfig) -> dict:

@@ -8,14 +8,13 @@ reusing the artifacts that still verify).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nsa.atomic import write_json
+from nsa.atomic import sha256_file, write_json
 from nsa.errors import NSAError
 from nsa.paths import cache_dir
 
@@ -32,14 +31,6 @@ def run_dir(run_id: str) -> Path:
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise NSAError(f"not a run id: {run_id!r}")
     return runs_dir() / run_id
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entries(folder: Path) -> dict[str, dict]:

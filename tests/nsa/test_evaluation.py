@@ -17,15 +17,6 @@ CHOICE_TASKS = [n for n in D.list_tasks() if D.get_task(n).kind != "perplexity" 
 
 
 @pytest.fixture(scope="module")
-def stories(stories_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(stories_dir)
-
-
-@pytest.fixture(scope="module")
 def tiny(stories):
     """A random 2-layer Llama with a 64-token context, using stories260K's 512-token vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -11,14 +11,6 @@ from nsa.errors import NSAError
 from nsa.perplexity import eval_tokens, perplexity
 
 
-@pytest.fixture(scope="module")
-def stories(stories_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(stories_dir)
-
-
 def _reference_ppl(model, ids, seqlen, nsamples):
     """The reference loop with bs=1: loss * seqlen summed, divided by nsamples * seqlen."""
     loss_fct = torch.nn.CrossEntropyLoss()

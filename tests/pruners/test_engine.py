@@ -25,6 +25,19 @@ def test_registry_lists_methods_with_declarations():
     assert get_method("magnitude").needs == ()
 
 
+def test_option_values_are_checked_strictly():
+    """One mechanism for pruner and NSA options: no silent truncation, no typo read as False."""
+    from pruners.registry import Option
+
+    block, flag = Option("block_size", int, 128, min=1), Option("shared_hessian", bool, True)
+    assert block.validate(64) == 64 and block.validate(64.0) == 64 and block.validate("64") == 64
+    assert flag.validate("false") is False and flag.validate(True) is True
+    for opt, value, match in ((block, 2.5, "expected an integer"), (block, 0, "outside the allowed range"),
+                              (flag, "ture", "expected true or false"), (block, True, "expected an integer")):
+        with pytest.raises(PruneError, match=match):
+            opt.validate(value)
+
+
 def test_unknown_method_lists_registered():
     with pytest.raises(PruneError, match="gblm, magnitude, ria, sparsegpt, wanda"):
         get_method("obs")

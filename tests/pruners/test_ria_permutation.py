@@ -80,7 +80,7 @@ MODELS = {"llama": lambda: tiny_model("llama"), "mistral": lambda: tiny_model("m
 
 
 @pytest.fixture(scope="module")
-def stories(shared_dir):
+def stories_calib(shared_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path = shared_dir / "models" / "stories260K"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
@@ -145,9 +145,9 @@ def _layer0_scores(model, calib, alpha=0.5) -> dict:
             for k, s in stats.items()}
 
 
-def test_retained_score_not_below_plain_nm_on_stories(stories):
+def test_retained_score_not_below_plain_nm_on_stories(stories_calib):
     torch.set_num_threads(1)
-    dense, calib = stories
+    dense, calib = stories_calib
     plain = prune(copy.deepcopy(dense), calib, PruneConfig(method="ria", pattern="2:4"))
     model = copy.deepcopy(dense)
     perm = prune(model, calib, PruneConfig(method="ria", pattern="2:4", options=PERM))
@@ -176,8 +176,8 @@ def test_retained_score_not_below_plain_nm_on_stories(stories):
                                atol=1e-10, rtol=0)
 
 
-def test_stats_json_records_permutation(stories, tmp_path):
-    dense, calib = stories
+def test_stats_json_records_permutation(stories_calib, tmp_path):
+    dense, calib = stories_calib
     model = copy.deepcopy(dense)
     options = {**PERM, "permutation_importance": "retained_degree_per_outneuron"}
     result = prune(model, calib, PruneConfig(method="ria", pattern="2:4", options=options))

@@ -117,6 +117,6 @@ def test_nsa_options_are_checked_filled_and_part_of_the_id(stories_dir):
     for options, message in (({"topk": 5}, "nsa.options.topk: unknown NSA option"),
                              ({"alpha": 2}, "nsa.options.alpha: must be between 0 and 1"),
                              ({"seeds": 2}, "nsa.options.seeds: must be at least 3"),
-                             ({"validation": "no"}, "nsa.options.validation: expected true or false")):
+                             ({"validation": "maybe"}, "nsa.options.validation: expected true or false")):
         with pytest.raises(NSAError, match=message):
             parse_spec(base | {"nsa": {"task": "sst2", "options": options}})

@@ -6,15 +6,6 @@ import torch
 
 
 @pytest.fixture(scope="session")
-def stories(stories_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(stories_dir)
-
-
-@pytest.fixture(scope="session")
 def tiny(stories):
     """A random 2-layer Llama (64 MLP neurons per layer) with stories260K's 512-token vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
