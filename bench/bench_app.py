@@ -13,7 +13,6 @@ tables under cache/app/) and warm (from the cache), and prints them with the < 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -124,7 +123,7 @@ def time_it(fn, repeat: int) -> tuple[float, float]:
 
 
 def builders(run_a: str, run_b: str) -> dict:
-    from nsa import figures, results
+    from nsa_app import figures, results
 
     def neurons_page():
         figures.sparsity_heatmap(results.sparsity_matrix(run_a))

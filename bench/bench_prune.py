@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-
 SHAPES = {  # hidden, FFN, layers, heads, vocab
     "100m": (768, 2048, 12, 12, 8000),
     "7b": (4096, 11008, 32, 32, 32000),

@@ -1,7 +1,5 @@
 """NSA Lab: prune a causal LM, evaluate it, and attribute meaning to the neurons pruning removed.
 
-Importing `nsa` configures offline mode before transformers/datasets are imported (see `nsa.offline`).
+Importing `nsa` does nothing else: no network (the hub's offline switch happens where a hub id is first
+resolved, `nsa.hub`), no heavy imports.
 """
-from nsa import offline as _offline
-
-_offline.configure()

@@ -1,8 +1,18 @@
 """Neuron Semantic Attribution end to end: words -> dense matching -> validation -> dense vs pruned.
 
-`attribute(model, tokenizer, task, masks=None, weights=None, words="learned", limit=None, out_dir=...)`
-runs the three NSA steps (Ding et al., arXiv 2503.01542; formulas and tests as chosen in `nsa.words`,
-`nsa.matching`, `nsa.comparison`) plus the causal validation (`nsa.validation`), and writes to `out_dir`:
+The three NSA steps (Ding et al., arXiv 2503.01542; formulas and tests in `nsa.words`, `nsa.matching`,
+`nsa.comparison`) plus the causal validation (`nsa.validation`) run in two parts, so a job works from the
+state it already has (the dense model before it is pruned in place, then the pruned one; the evaluation
+records of the task's example set) and never reloads a model or evaluates the same examples twice:
+
+- `dense_part(model, ...)` on the dense model: word selection, running sums, labels, top examples, validation.
+  It depends only on (model, task prompts and rows, words, settings) and is a shared cache entry
+  (`nsa.artifacts.Entry`, kind "nsa-dense") reused by every pruned run of the model.
+- `pruned_part(model, ...)` on the pruned model (in place): the same prompts, shifts, label survival, cluster
+  losses, and the examples whose correctness changed according to the evaluation records.
+
+`attribute` chains them for a single model and masks (the `nsa attribute` command); a job's pipeline calls the
+parts itself around its prune stage. Outputs (`write_outputs`, columns in docs/nsa.md):
 
   words.jsonl         word, cluster, score, frequency, occurrences
   neuron_labels.jsonl one row per labelled neuron (layer, index, label, cluster, words, selectivity, ...)
@@ -10,206 +20,133 @@ runs the three NSA steps (Ding et al., arXiv 2503.01542; formulas and tests as c
   neuron_shift.jsonl  per labelled neuron: dense vs pruned activation on its words, label survival, fractions
   clusters.jsonl      per word and per cluster: activation lost (level = word | cluster)
   flips.jsonl         examples whose correctness changed, with words and neurons that lost most
-  summary.json        counts, accuracy, validation {cluster: labelled_drop, random_drop_mean, ...}
-
-(the last three only with masks; columns in docs/nsa.md). The dense part (word selection, running sums,
-top examples, dense evaluation records, validation) depends only on (model, task, word selection, limit,
-settings) and is cached under `cache_dir()/dense/<model_key>/nsa/<task>-<limit>-<hash>/`, so every pruned
-run of a model reuses it.
+  summary.json        counts, validation per cluster (the accuracy figures live in the evaluation's comparison)
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nsa.atomic import atomic_dir, write_json, write_jsonl
+from safetensors.torch import load_file, save_file
+
+from nsa import comparison as C
+from nsa import datasets as D
+from nsa import matching as M
+from nsa.artifacts import Entry, read_json, read_jsonl
+from nsa.atomic import write_json, write_jsonl
 from nsa.errors import NSAError
+from nsa.evaluation import task_fingerprint
+from nsa.masks import apply_masks, check_masks
 from nsa.matching import MatchConfig
-from nsa.validation import ValidationConfig
-from nsa.words import WordConfig
-from pruners.registry import Option
+from nsa.neurons import layer_sizes, neuron_sites, pruned_fractions
+from nsa.progress import Stages
+from nsa.validation import ValidationConfig, validate
+from nsa.words import SELECTORS, WordConfig, WordSelection, read_word_file, select_words
+from pruners import PruneError
+from pruners.options import Option, resolve_options
 
-CACHE_FORMAT = 3  # 2: gold-margin drops; 3: beats_random needs more than one example
+DENSE_FORMAT = 4  # 4: shared evaluation records, permutation-tested validation
+WORDS_FORMAT = 1
+BATCH_SIZE = 16
 
-
-@dataclass
-class AttributionConfig:
-    """All NSA settings: word selection, matching/significance, validation."""
-
-    words: WordConfig = field(default_factory=WordConfig)
-    matching: MatchConfig = field(default_factory=MatchConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    validate: bool = True
-
-
-NSA_OPTIONS: tuple[Option, ...] = (  # declared like the pruners' options (one mechanism)
+NSA_OPTIONS: tuple[Option, ...] = (  # declared like the pruners' options (one mechanism: CLI, spec, app)
     Option("top_k", int, 20, min=1, help="influential words per class"),
     Option("min_df", int, 3, min=1, help="minimum examples containing a word (learned words)"),
     Option("min_occurrences", int, 10, min=1, help="occurrences a word needs before it is tested"),
-    Option("alpha", float, 0.05, min=0.0, max=1.0,
-           help="Benjamini-Hochberg false discovery rate of the labelling test (0 and 1 excluded)"),
+    Option("alpha", float, 0.05, min=0.0, max=1.0, exclusive_min=True, exclusive_max=True,
+           help="Benjamini-Hochberg false discovery rate of the labelling test"),
     Option("min_selectivity", float, 1.0, min=0.0, help="minimum selectivity (σ) of a labelling word"),
     Option("n_ablate", int, None, min=1,
            help="labelled neurons ablated per cluster (default: 2% of MLP neurons, at least 10)"),
-    Option("seeds", int, 3, min=3, help="random-neuron controls of the validation (at least 3)"),
+    Option("seeds", int, 20, min=20, help="random-neuron draws of the validation's null distribution (at least 20)"),
     Option("validation", bool, True, help="the ablation check of the labels"),
 )
 
 
-def nsa_defaults() -> dict[str, Any]:
-    return {o.name: o.default for o in NSA_OPTIONS}
+@dataclass(frozen=True)
+class NSAConfig:
+    """One NSA setup (a job spec's `nsa:` section), validated on construction: the task is a registered
+    classification task, `words` is learned, gradient or a readable word file (stored as its absolute path),
+    `limit` is a positive count or None (all examples), `options` are every `NSA_OPTIONS` entry."""
 
+    task: str
+    words: str = "learned"
+    limit: int | None = None
+    options: dict = field(default_factory=dict)
 
-def check_nsa_options(options: dict[str, Any],
-                      label: Callable[[str], str] = lambda name: f"nsa.options.{name}") -> dict[str, Any]:
-    """All NSA options with defaults filled in; unknown names, wrong types and out-of-range values are
-    `NSAError`s naming the option as `label(name)` says (the spec key, or the CLI flag)."""
-    by_name = {o.name: o for o in NSA_OPTIONS}
-    unknown = sorted(set(options) - set(by_name))
-    if unknown:
-        raise NSAError(f"{label(unknown[0])}: unknown NSA option (known: {', '.join(by_name)})")
-    out = nsa_defaults()
-    for name, value in options.items():
-        opt = by_name[name]
-        if value is None and opt.default is None:
-            continue  # an automatic default (n_ablate)
-        typed, problem = opt.check(value)
-        if problem is None and name == "alpha" and typed in (0.0, 1.0):
-            problem = opt.range_text()  # an FDR of 0 or 1 is no test
-        if problem is not None:
-            raise NSAError(f"{label(name)}: {problem}, got {value!r}")
-        out[name] = typed
-    return out
+    def __post_init__(self) -> None:
+        try:
+            spec = D.get_task(self.task)
+        except NSAError as err:
+            raise NSAError(err.problem, "task") from None
+        if spec.kind != "classification":
+            raise NSAError(f"NSA needs a labelled classification task; {spec.name!r} is {spec.kind} "
+                           f"(classification tasks: {', '.join(D.list_tasks(kind='classification'))})", "task")
+        if not isinstance(self.words, str) or not self.words.strip():
+            raise NSAError(f"expected learned, gradient or a word file, got {self.words!r}", "words")
+        words = self.words.strip()
+        if words not in SELECTORS:
+            path = Path(words).expanduser()
+            if not path.is_file():
+                raise NSAError(f"expected learned, gradient or a word file, got {words!r} (no such file)", "words")
+            try:
+                read_word_file(path)
+            except NSAError as err:
+                raise NSAError(str(err), "words") from None
+            words = str(path.resolve())
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise NSAError(f"must be a positive integer or null (all examples), got {self.limit!r}", "limit")
+        try:
+            options = resolve_options(NSA_OPTIONS, self.options, "NSA")
+        except PruneError as err:
+            raise NSAError(err.problem, err.field) from None
+        object.__setattr__(self, "words", words)
+        object.__setattr__(self, "options", options)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> "NSAConfig":
+        if not isinstance(data, dict):
+            raise NSAError(f"expected a mapping with task, words, limit, options; got {data!r}")
+        allowed = {"task", "words", "limit", "options"}
+        unknown = sorted(map(str, set(data) - allowed))
+        if unknown:
+            raise NSAError(f"unknown key (allowed here: {', '.join(sorted(allowed))})", unknown[0])
+        if data.get("task") is None:
+            raise NSAError("missing (the labelled classification task to attribute, e.g. demo-reviews)", "task")
+        return cls(task=data["task"], words=data.get("words", "learned"), limit=data.get("limit"),
+                   options=data.get("options") or {})
 
-def attribution_config(options: dict[str, Any] | None = None, batch_size: int = 16,
-                       label: Callable[[str], str] = lambda name: f"nsa.options.{name}") -> AttributionConfig:
-    """The `AttributionConfig` of checked `options` (see `NSA_OPTIONS`); `batch_size` changes no result."""
-    o = check_nsa_options(options or {}, label)
-    return AttributionConfig(
-        words=WordConfig(top_k=o["top_k"], min_df=o["min_df"], batch_size=batch_size),
-        matching=MatchConfig(batch_size=batch_size, min_occurrences=o["min_occurrences"], alpha=o["alpha"],
-                             min_selectivity=o["min_selectivity"]),
-        validation=ValidationConfig(n_neurons=o["n_ablate"], seeds=o["seeds"], batch_size=batch_size),
-        validate=o["validation"])
+    @classmethod
+    def stored(cls, data: dict) -> "NSAConfig":
+        """A config this project wrote itself: rebuilt without re-reading files."""
+        obj = object.__new__(cls)
+        for name in ("task", "words", "limit", "options"):
+            object.__setattr__(obj, name, data[name])
+        return obj
 
+    def to_dict(self) -> dict:
+        return {"task": self.task, "words": self.words, "limit": self.limit, "options": dict(self.options)}
 
-class _Progress:
-    """Maps stage fractions into the caller's callback as `nsa.evaluation.ProgressEvent`s."""
+    @property
+    def task_spec(self):
+        return D.get_task(self.task)
 
-    def __init__(self, callback: Callable | None):
-        self.callback = callback
+    def with_limit(self, limit: int | None) -> "NSAConfig":
+        return NSAConfig.stored(self.to_dict() | {"limit": limit})
 
-    def stage(self, lo: float, hi: float, name: str) -> Callable:
-        def report(fraction, message: str = "") -> None:
-            if hasattr(fraction, "fraction"):
-                fraction, message = fraction.fraction, fraction.message
-            if self.callback is not None:
-                from nsa.evaluation import ProgressEvent
+    def word_config(self) -> WordConfig:
+        return WordConfig(top_k=self.options["top_k"], min_df=self.options["min_df"], batch_size=BATCH_SIZE)
 
-                value = lo + (hi - lo) * min(max(float(fraction), 0.0), 1.0)
-                self.callback(ProgressEvent(fraction=value, message=message or name, stage=name))
+    def match_config(self) -> MatchConfig:
+        o = self.options
+        return MatchConfig(batch_size=BATCH_SIZE, min_occurrences=o["min_occurrences"], alpha=o["alpha"],
+                           min_selectivity=o["min_selectivity"])
 
-        return report
-
-
-def model_fingerprint(model) -> str:
-    """Cache key of an in-memory model without an id: config plus a strided sample of every parameter."""
-    import torch
-
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // 4096)
-            h.update(name.encode())
-            h.update(str(tuple(p.shape)).encode())
-            h.update(flat[::step].float().cpu().numpy().tobytes())
-    return "mem-" + h.hexdigest()[:16]
-
-
-def _resolve_masks(model, masks, weights):
-    from nsa.masks import check_masks, load_masks
-
-    if isinstance(masks, (str, Path)):
-        masks = load_masks(masks)
-    check_masks(model, masks)
-    if isinstance(weights, (str, Path)):
-        from safetensors.torch import load_file
-
-        if not Path(weights).is_file():
-            raise NSAError(f"weights file {weights} does not exist")
-        weights = load_file(str(weights))
-    return masks, weights
-
-
-def attribute(model, tokenizer, task: str, masks: Any = None, weights: Any = None, words: str = "learned",
-              limit: int | None = None, out_dir: str | Path | None = None, progress: Callable | None = None,
-              config: AttributionConfig | None = None, model_id: str | None = None) -> dict:
-    """Run NSA on `task` for the dense `model` (and its pruned version when `masks` are given).
-
-    `masks`/`weights`: paths or dicts (pruners' masks, SparseGPT's weights). `words`: learned, gradient or a
-    word file. `model_id` (e.g. "demo") keys the dense cache by `nsa.models.model_key`; without it the
-    model's content fingerprint is used. Returns the summary (also written to `out_dir/summary.json`).
-    """
-    from nsa import datasets as D
-    from nsa import matching as M
-    from nsa.neurons import layer_sizes, neuron_sites
-
-    config = config or AttributionConfig()
-    if config.validate and config.validation.seeds < 3:
-        raise NSAError(f"validation needs at least 3 random seeds, got {config.validation.seeds}")
-    started = time.time()
-    prog = _Progress(progress)
-    spec = D.get_task(task)
-    if spec.kind != "classification":
-        raise NSAError(f"NSA needs a labelled classification task; {spec.name!r} is {spec.kind}")
-    sites = neuron_sites(model)
-    sizes = layer_sizes(sites)
-    if masks is not None:
-        masks, weights = _resolve_masks(model, masks, weights)
-    examples = D.load_examples(spec, limit=limit)
-    texts = {int(ex["index"]): D.example_text(spec, ex) for ex in examples}
-
-    key = _model_key(model, model_id)
-    selection = _select(spec, examples, words, config, model, tokenizer, prog.stage(0.0, 0.1, "words"), key,
-                        limit)
-    word_list = selection.words()
-    clusters = [selection.cluster_of()[w] for w in word_list]
-    encoded = M.encode(spec, examples, tokenizer, word_list, M.context_length(model, tokenizer,
-                                                                             config.matching.max_length))
-    folder = _dense_folder(key, spec.name, limit, selection.fingerprint(), config)
-    dense = _dense_part(folder, model, tokenizer, spec, limit, sites, sizes, encoded, selection, word_list,
-                        clusters, texts, config, prog)
-    matching = M.label_neurons(dense["state"], word_list, clusters, config.matching)
-
-    summary: dict[str, Any] = {
-        "task": spec.name, "model": model_id or getattr(model.config, "_name_or_path", ""), "model_key": key,
-        "limit": limit, "n_examples": len(examples),
-        "words": {"method": selection.method, "n_words": len(word_list), "clusters": selection.clusters,
-                  **selection.details},
-        "neurons": _neuron_counts(matching, selection.clusters),
-        "validation": dense["validation"], "validation_detail": dense["validation_detail"],
-        "matching": asdict(config.matching) | {"n_tokens": matching.n_tokens, "test": SIGNIFICANCE_NOTE},
-        "dense_cache": str(folder), "dense_cache_reused": dense["reused"],
-        "accuracy": {"dense": _acc(dense["records"]), "n": len(dense["records"])},
-    }
-    tables: dict[str, list[dict]] = {"words": selection.rows, "neuron_labels": matching.labels,
-                                     "top_examples": dense["top_examples"]}
-    if masks is not None:
-        tables |= _pruned_part(model, masks, weights, tokenizer, spec, limit, sites, sizes, encoded, matching,
-                               word_list, clusters, texts, dense["records"], dense["top_examples"], config,
-                               summary, prog)
-    summary["timing_s"] = time.time() - started
-    summary["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if out_dir is not None:
-        write_outputs(out_dir, tables, summary)
-    prog.stage(0, 1, "done")(1.0, "attribution done")
-    return summary
+    def validation_config(self) -> ValidationConfig:
+        return ValidationConfig(n_neurons=self.options["n_ablate"], draws=self.options["seeds"],
+                                batch_size=BATCH_SIZE)
 
 
 SIGNIFICANCE_NOTE = ("one-sided permutation test of word positions (exact permutation mean/variance of the "
@@ -218,136 +155,199 @@ SIGNIFICANCE_NOTE = ("one-sided permutation test of word positions (exact permut
                      "pairs, and selectivity >= min_selectivity")
 
 
-def _select(spec, examples, words, config, model, tokenizer, report, key: str, limit):
-    """Step 1, cached beside the dense matching for `gradient` (a pass over the model); others are cheap."""
-    from nsa.paths import cache_dir
-    from nsa.words import WordSelection, select_words
+@dataclass
+class NSAInputs:
+    """What both parts read: the task, its examples (the evaluation's example set) and their encoded prompts."""
 
-    path = None
-    if words == "gradient":
-        blob = json.dumps([CACHE_FORMAT, asdict(config.words) | {"batch_size": None, "device": None}],
-                          sort_keys=True)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-        path = cache_dir() / "dense" / key / "nsa" / f"words-{spec.name}-{limit or 'all'}-gradient-{digest}.json"
-        if path.is_file():
-            report(1.0, "gradient words reused from the cache")
-            return WordSelection(**json.loads(path.read_text(encoding="utf-8")))
-    selection = select_words(spec, examples, words, config.words, model, tokenizer, report)
+    config: NSAConfig
+    spec: Any  # nsa.datasets.TaskSpec
+    examples: list[dict]
+    texts: dict[int, str]
+    selection: WordSelection
+    encoded: list
+    sites: list
+    sizes: list[int]
+
+    @property
+    def words(self) -> list[str]:
+        return self.selection.words()
+
+    @property
+    def clusters(self) -> list[str]:
+        cluster_of = self.selection.cluster_of()
+        return [cluster_of[w] for w in self.words]
+
+
+@dataclass
+class DenseNSA:
+    """The dense part's results (from the cache or just computed)."""
+
+    state: dict
+    matching: Any  # nsa.matching.Matching
+    top_examples: list[dict]
+    validation: dict
+    validation_detail: dict
+    reused: bool
+    entry: Entry
+
+
+def prepare(model, tokenizer, config: NSAConfig, model_key: str, stages: Stages) -> NSAInputs:
+    """Step 1 (word selection; gradient words are cached per model) and the encoded prompts."""
+    spec = D.get_task(config.task)
+    examples = D.load_examples(spec, limit=config.limit)
+    texts = {int(ex["index"]): D.example_text(spec, ex) for ex in examples}
+    selection = _select(spec, examples, config, model, tokenizer, model_key, stages.step("words", 0.1))
+    sites = neuron_sites(model)
+    words = selection.words()
+    encoded = M.encode(spec, examples, tokenizer, words, M.context_length(model, tokenizer, None))
+    return NSAInputs(config, spec, examples, texts, selection, encoded, sites, layer_sizes(sites))
+
+
+def _select(spec, examples, config: NSAConfig, model, tokenizer, model_key: str, report) -> WordSelection:
+    """Learned and file words are cheap; gradient words (a pass over the model) are a cache entry."""
+    if config.words != "gradient":
+        return _nonempty(select_words(spec, examples, config.words, config.word_config(), model, tokenizer, report),
+                         config.words)
+    entry = Entry.keyed("words", WORDS_FORMAT, {"model": model_key, "task": task_fingerprint(spec, config.limit),
+                                                 "config": asdict(config.word_config()) | {"batch_size": None}})
+
+    def fill(tmp: Path) -> None:
+        selection = _nonempty(select_words(spec, examples, "gradient", config.word_config(), model, tokenizer,
+                                           report), "gradient")
+        write_json(tmp / "selection.json", asdict(selection))
+
+    reused = entry.complete()
+    entry.ensure(fill, log=report.log)
+    if reused:
+        report(1.0, "gradient words reused from the cache")
+    return WordSelection(**read_json(entry.path("selection.json")))
+
+
+def _nonempty(selection: WordSelection, words: str) -> WordSelection:
     if not selection.rows:
-        raise NSAError(f"word selection {words!r} found no influential words (try a smaller min_df or more "
-                       f"examples)")
-    if path is not None:
-        write_json(path, asdict(selection))
+        raise NSAError(f"word selection {words!r} found no influential words (try a smaller min_df or more examples)")
     return selection
 
 
-def _model_key(model, model_id: str | None) -> str:
-    if model_id:
-        from nsa.models import model_key
+def dense_part(model, tokenizer, inputs: NSAInputs, dense_records: list[dict], model_key: str,
+               stages: Stages) -> DenseNSA:
+    """Running sums, labels, top examples and validation on the dense model: from the cache, or computed once."""
+    config, spec = inputs.config, inputs.spec
+    match = config.match_config()
+    entry = Entry.keyed("nsa-dense", DENSE_FORMAT, {
+        "model": model_key, "task": task_fingerprint(spec, config.limit), "words": inputs.selection.fingerprint(),
+        "matching": match.key(), "validation": asdict(config.validation_config()) | {"batch_size": None},
+        "validate": config.options["validation"]})
 
-        return model_key(model_id)
-    return model_fingerprint(model)
-
-
-def _dense_folder(key: str, task: str, limit, word_fp: str, config: AttributionConfig) -> Path:
-    from nsa.paths import cache_dir
-
-    blob = json.dumps([CACHE_FORMAT, word_fp, config.matching.key(), asdict(config.validation) | {
-        "batch_size": None}, config.validate], sort_keys=True)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return cache_dir() / "dense" / key / "nsa" / f"{task}-{limit or 'all'}-{digest}"
-
-
-def _dense_part(folder: Path, model, tokenizer, spec, limit, sites, sizes, encoded, selection, word_list,
-                clusters, texts, config, prog) -> dict:
-    """Running sums, top examples, dense records and validation: loaded from the cache or computed once."""
-    from safetensors.torch import load_file, save_file
-
-    from nsa import matching as M
-
-    if (folder / "done.json").is_file():
-        prog.stage(0.1, 0.6, "dense")(1.0, "dense matching reused from the cache")
-        return {"state": load_file(str(folder / "state.safetensors")), "reused": True,
-                "top_examples": _read_jsonl(folder / "top_examples.jsonl"),
-                "records": _read_jsonl(folder / "dense_records.jsonl"),
-                **json.loads((folder / "validation.json").read_text(encoding="utf-8"))}
-    acc = M.stream(model, encoded, sites, sizes, len(word_list), config.matching.batch_size,
-                   top_m=config.matching.top_examples, progress=prog.stage(0.1, 0.35, "dense matching"),
-                   message="dense matching")
-    state = acc.state()
-    matching = M.label_neurons(state, word_list, clusters, config.matching)
-    top = M.top_examples(model, sites, encoded, state, matching.labels, texts,
-                         config.matching.top_example_neurons, config.matching.batch_size)
-    records = _records(model, tokenizer, spec, limit, config.matching.batch_size)
-    prog.stage(0.35, 0.4, "dense evaluation")(1.0, "dense evaluation done")
-    if config.validate:
-        validation, detail = _validate(model, tokenizer, spec, limit, sites, sizes, matching, selection,
-                                       config, prog.stage(0.4, 0.6, "validation"))
-    else:
-        validation, detail = {}, {"note": "validation skipped"}
-    with atomic_dir(folder) as tmp:
+    def fill(tmp: Path) -> None:
+        acc = M.stream(model, inputs.encoded, inputs.sites, inputs.sizes, len(inputs.words), match.batch_size,
+                       top_m=match.top_examples, progress=stages.step("dense matching", 0.25))
+        state = acc.state()
+        matching = M.label_neurons(state, inputs.words, inputs.clusters, match)
+        top = M.top_examples(model, inputs.sites, inputs.encoded, state, matching.labels, inputs.texts,
+                             match.top_example_neurons, match.batch_size)
+        if config.options["validation"]:
+            validation, detail = validate(model, tokenizer, spec, config.limit, inputs.sites, inputs.sizes,
+                                          matching.labels, inputs.selection.clusters, dense_records,
+                                          config.validation_config(), stages.step("validation", 0.3))
+        else:
+            validation, detail = {}, {"note": "validation skipped"}
         save_file(state, str(tmp / "state.safetensors"))
         write_jsonl(tmp / "top_examples.jsonl", top)
-        write_jsonl(tmp / "dense_records.jsonl", records)
         write_json(tmp / "validation.json", {"validation": validation, "validation_detail": detail})
-        write_jsonl(tmp / "words.jsonl", selection.rows)
-        write_json(tmp / "done.json", {"format": CACHE_FORMAT, "words": selection.method,
-                                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    return {"state": state, "reused": False, "top_examples": top, "records": records,
-            "validation": validation, "validation_detail": detail}
+
+    reused = entry.complete()
+    entry.ensure(fill, log=stages.log)
+    stages.step("dense matching", 0.55)(1.0, f"dense part {'reused from' if reused else 'written to'} the cache "
+                                             f"(nsa-dense/{entry.key})")
+    state = load_file(str(entry.path("state.safetensors")))
+    saved = read_json(entry.path("validation.json"))
+    return DenseNSA(state=state, matching=M.label_neurons(state, inputs.words, inputs.clusters, match),
+                    top_examples=read_jsonl(entry.path("top_examples.jsonl")), validation=saved["validation"],
+                    validation_detail=saved["validation_detail"], reused=reused, entry=entry)
 
 
-def _validate(model, tokenizer, spec, limit, sites, sizes, matching, selection, config, report):
-    from nsa.validation import validate
-
-    return validate(model, tokenizer, spec.name, limit, sites, sizes, matching.labels, selection.clusters,
-                    config.validation, report)
-
-
-def _records(model, tokenizer, spec, limit, batch_size) -> list[dict]:
-    """The evaluator's per-example records (prediction, log-likelihoods, correct)."""
-    from nsa.evaluation import run_evaluation
-
-    _summary, records = run_evaluation(model, tokenizer, spec.name, limit=limit, batch_size=batch_size)
-    return records[spec.name]
-
-
-def _pruned_part(model, masks, weights, tokenizer, spec, limit, sites, sizes, encoded, matching, word_list,
-                 clusters, texts, dense_records, top_examples, config, summary, prog) -> dict[str, list[dict]]:
-    """Step 3: the same prompts through the pruned copy; shifts, cluster losses, flips."""
-    from nsa import comparison as C
-    from nsa import matching as M
-    from nsa.masks import pruned_copy
-    from nsa.neurons import neuron_sites, pruned_fractions
-
-    pruned = pruned_copy(model, masks, weights)
-    p_sites = neuron_sites(pruned)
-    acc = M.stream(pruned, encoded, p_sites, sizes, len(word_list), config.matching.batch_size, top_m=0,
-                   progress=prog.stage(0.6, 0.85, "pruned matching"), message="pruned matching")
-    p_matching = M.label_neurons(acc.state(), word_list, clusters, config.matching)
-    records = _records(pruned, tokenizer, spec, limit, config.matching.batch_size)
-    prog.stage(0.85, 0.95, "pruned evaluation")(1.0, "pruned evaluation done")
+def pruned_part(model, inputs: NSAInputs, dense: DenseNSA, dense_records: list[dict], pruned_records: list[dict],
+                masks: dict, stages: Stages) -> dict[str, list[dict]]:
+    """Step 3 on the pruned `model`: the same prompts, shifts, cluster losses, flips (from the records)."""
+    match = inputs.config.match_config()
+    acc = M.stream(model, inputs.encoded, inputs.sites, inputs.sizes, len(inputs.words), match.batch_size,
+                   top_m=0, progress=stages.step("pruned matching", 0.25))
+    p_matching = M.label_neurons(acc.state(), inputs.words, inputs.clusters, match)
     fractions = {(r["layer"], r["index"]): r for r in pruned_fractions(masks)}
-    shift = C.neuron_shift(matching, p_matching, fractions)
-    labels_by_neuron = {(lab["layer"], lab["index"]): lab["label"] for lab in matching.labels}
-    flips = C.flips(dense_records, records, encoded, matching, p_matching, labels_by_neuron, texts)
-    dense_acc, pruned_acc = C.accuracy(dense_records), C.accuracy(records)
-    summary["accuracy"] |= {"pruned": pruned_acc, "drop": 100.0 * (dense_acc - pruned_acc),
-                            "n_lost": sum(f["direction"] == "lost" for f in flips),
-                            "n_gained": sum(f["direction"] == "gained" for f in flips)}
-    summary["pruned_neurons"] = {"labelled": len(p_matching.labels),
+    shift = C.neuron_shift(dense.matching, p_matching, fractions)
+    labels_by_neuron = {(lab["layer"], lab["index"]): lab["label"] for lab in dense.matching.labels}
+    flips = C.flips(dense_records, pruned_records, inputs.encoded, dense.matching, p_matching, labels_by_neuron,
+                    inputs.texts)
+    top = _with_pruned_activations(dense.top_examples, model, inputs.sites, inputs.encoded, match.batch_size)
+    return {"neuron_shift": shift, "clusters": C.word_cluster_loss(dense.matching, p_matching), "flips": flips,
+            "top_examples": top, "pruned_labels": p_matching.labels}
+
+
+def summary_of(inputs: NSAInputs, dense: DenseNSA, model_id: str, model_key: str, pruned: dict | None) -> dict:
+    """summary.json: what was attributed, how many neurons got labels, and the validation verdicts."""
+    match = inputs.config.match_config()
+    out: dict[str, Any] = {
+        "task": inputs.spec.name, "model": model_id, "model_key": model_key, "limit": inputs.config.limit,
+        "n_examples": len(inputs.examples),
+        "words": {"method": inputs.selection.method, "n_words": len(inputs.words),
+                  "clusters": inputs.selection.clusters, **inputs.selection.details},
+        "neurons": _neuron_counts(dense.matching, inputs.selection.clusters),
+        "validation": dense.validation, "validation_detail": dense.validation_detail,
+        "matching": asdict(match) | {"n_tokens": dense.matching.n_tokens, "test": SIGNIFICANCE_NOTE},
+        "dense_cache": dense.entry.key,
+        "accuracy_source": "eval/comparison.json (the evaluation of this example set)",
+    }
+    if pruned is not None:
+        shift = pruned["neuron_shift"]
+        out["pruned_neurons"] = {"labelled": len(pruned["pruned_labels"]),
                                  "labels_surviving": sum(r["label_survives"] for r in shift)}
-    top = _with_pruned_activations(top_examples, pruned, p_sites, encoded, config.matching.batch_size)
-    del pruned
-    return {"neuron_shift": shift, "clusters": C.word_cluster_loss(matching, p_matching), "flips": flips,
-            "top_examples": top}
+    return out
+
+
+def tables_of(inputs: NSAInputs, dense: DenseNSA, pruned: dict | None) -> dict[str, list[dict]]:
+    tables = {"words": inputs.selection.rows, "neuron_labels": dense.matching.labels,
+              "top_examples": dense.top_examples}
+    if pruned is not None:
+        tables |= {k: v for k, v in pruned.items() if k != "pruned_labels"}
+    return tables
+
+
+def write_outputs(out_dir: str | Path, tables: dict[str, list[dict]], summary: dict) -> None:
+    """Every table as `<name>.jsonl` plus summary.json, each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        write_jsonl(out / f"{name}.jsonl", rows)
+    write_json(out / "summary.json", summary)
+
+
+def attribute(model, tokenizer, config: NSAConfig, model_id: str, model_key: str, dense_records: list[dict],
+              masks: dict | None = None, weights: dict | None = None,
+              pruned_records: Callable[[], list[dict]] | None = None, out_dir: str | Path | None = None,
+              progress: Callable | None = None) -> dict:
+    """NSA of the dense `model` and, with `masks`, of its pruned version (`model` is pruned in place after the
+    dense part). `dense_records` are the evaluation records of the task's example set; `pruned_records()`
+    evaluates the pruned model on it. Returns the summary (also written to `out_dir`)."""
+    stages = Stages(progress, "nsa")
+    if masks is not None:
+        check_masks(model, masks)
+    inputs = prepare(model, tokenizer, config, model_key, stages)
+    dense = dense_part(model, tokenizer, inputs, dense_records, model_key, stages)
+    pruned = None
+    if masks is not None:
+        apply_masks(model, masks, weights)
+        pruned = pruned_part(model, inputs, dense, dense_records, pruned_records(), masks, stages)
+    summary = summary_of(inputs, dense, model_id, model_key, pruned)
+    if out_dir is not None:
+        write_outputs(out_dir, tables_of(inputs, dense, pruned), summary)
+    stages.parent(1.0, "attribution done")
+    return summary
 
 
 def _with_pruned_activations(top_examples: list[dict], pruned, sites, encoded, batch_size: int) -> list[dict]:
     """The dense top examples with `pruned_activations`: the pruned model's activation of the same neuron at
     the same tokens, for the side-by-side view."""
-    from nsa import matching as M
-
     wanted: dict[int, list[tuple[int, int]]] = {}
     for row in top_examples:
         wanted.setdefault(row["example"], []).append((row["layer"], row["index"]))
@@ -361,19 +361,3 @@ def _neuron_counts(matching, clusters: list[str]) -> dict:
         per.setdefault(lab["cluster"], {"examined": matching.n_neurons, "labelled": 0})["labelled"] += 1
     return {"examined": matching.n_neurons, "labelled": len(matching.labels), "per_cluster": per}
 
-
-def _acc(records: list[dict]) -> float | None:
-    return sum(bool(r["correct"]) for r in records) / len(records) if records else None
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_outputs(out_dir: str | Path, tables: dict[str, list[dict]], summary: dict) -> None:
-    """Every table as `<name>.jsonl` plus summary.json, each written atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, rows in tables.items():
-        write_jsonl(out / f"{name}.jsonl", rows)
-    write_json(out / "summary.json", summary)

@@ -15,14 +15,14 @@ Sources: `c4`, `wikitext2`, the demo sources (`demo-generic`, `demo-reviews`), t
 evaluation) text of any registered task (e.g. `sst2` reads sst2/train_sample.jsonl), and a user file
 (`path=`, JSONL/CSV with a `text` column or a .txt file, one text per line).
 
-Sets are cached under `cache_dir()/calibration/<key>.safetensors` + `<key>.json` (no pickles), keyed by
-(source, source file, tokenizer fingerprint, nsamples, seqlen, seed, strategy). Each set reports its token
+Sets are shared cache entries (`nsa.artifacts.Entry`, kind "calibration": `input_ids.safetensors` +
+`calibration.json`, checksummed, no pickles), keyed by (source, the source file's content hash, tokenizer
+fingerprint, nsamples, seqlen, seed, strategy); a corrupted entry is rebuilt. Each set reports its token
 count and a diversity figure: the mean pairwise cosine distance between TF-IDF vectors of its windows
 (terms = token ids), which the follow-up literature relates to pruned-model quality.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -30,9 +30,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from nsa import datasets as D
+from nsa.artifacts import Entry, digest, read_json, sha256_file
+from nsa.atomic import write_json
 from nsa.errors import NSAError
-from nsa.paths import cache_dir
+from pruners import ProgressEvent
+
+CALIBRATION_FORMAT = 2
 
 STRATEGIES = ("documents", "stream")
 _REFERENCE_STRATEGY = {"c4": "documents", "wikitext2": "stream"}
@@ -41,7 +48,6 @@ _REFERENCE_STRATEGY = {"c4": "documents", "wikitext2": "stream"}
 @dataclass
 class CalibrationSet:
     """The windows (`input_ids`: LongTensor[nsamples, seqlen]) and what they were made from."""
-
     input_ids: Any
     source: str
     nsamples: int
@@ -77,18 +83,21 @@ def build_calibration(source: str, tokenizer, nsamples: int, seqlen: int, seed: 
 
     `strategy=None` uses the reference behaviour: `documents` for c4, `stream` for everything else.
     """
-    import torch
-
     _check_sizes(nsamples, seqlen)
     strategy = strategy or _REFERENCE_STRATEGY.get(source if path is None else "", "stream")
     if strategy not in STRATEGIES:
         raise NSAError(f"unknown calibration strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
     texts, origin = _source_texts(source, path)
     fingerprint = tokenizer_fingerprint(tokenizer)
-    key = _cache_key(source, origin, fingerprint, nsamples, seqlen, seed, strategy)
-    folder = cache_dir() / "calibration"
-    if use_cache and (folder / f"{key}.json").is_file() and (folder / f"{key}.safetensors").is_file():
-        return _load(folder, key)
+    entry = Entry.keyed("calibration", CALIBRATION_FORMAT, {
+        "source": source, "origin": origin, "tokenizer": fingerprint, "nsamples": nsamples, "seqlen": seqlen,
+        "seed": seed, "strategy": strategy})
+    if use_cache:
+        problems = entry.problems()
+        if not problems:
+            return _load(entry)
+        if problems != ["missing"]:
+            _emit(progress, 0.0, f"calibration set in the cache is bad ({problems[0]}): rebuilding it")
     _emit(progress, 0.0, f"tokenizing {source}")
     random.seed(seed)
     if strategy == "documents":
@@ -100,10 +109,10 @@ def build_calibration(source: str, tokenizer, nsamples: int, seqlen: int, seed: 
     _emit(progress, 0.9, "measuring diversity")
     calib = CalibrationSet(input_ids=input_ids, source=source, nsamples=nsamples, seqlen=seqlen, seed=seed,
                            strategy=strategy, n_tokens=nsamples * seqlen, source_tokens=source_tokens,
-                           diversity=window_diversity(rows), tokenizer=fingerprint, key=key,
-                           extra={"origin": origin, "created": time.time()})
+                           diversity=window_diversity(rows), tokenizer=fingerprint, key=entry.key,
+                           extra={"origin": origin, "file": _source_path(source, path), "created": time.time()})
     if use_cache:
-        _save(folder, calib)
+        _save(entry, calib)
     _emit(progress, 1.0, "calibration set ready")
     return calib
 
@@ -118,8 +127,6 @@ def _check_sizes(nsamples: int, seqlen: int) -> None:
 
 def _emit(progress: Callable | None, fraction: float, message: str) -> None:
     if progress is not None:
-        from nsa.evaluation import ProgressEvent
-
         progress(ProgressEvent(fraction=fraction, message=message, stage="calibration"))
 
 
@@ -165,8 +172,26 @@ def _file_texts(path: Path) -> list[str]:
 
 
 def _file_id(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    """What identifies a source file's content: its sha256 (an edited file is a new calibration set)."""
+    return f"sha256:{sha256_file(path)}"
+
+
+def _source_path(source: str, path) -> str | None:
+    local = Path(path) if path is not None else source_file(source)
+    return str(local) if local is not None else None
+
+
+def source_file(source: str) -> Path | None:
+    """The local file a named calibration source reads (None for hub-only sources)."""
+    if source in D.CALIBRATION_FILES:
+        return D.CALIBRATION_FILES[source]
+    if source not in D.list_tasks():
+        return None
+    spec = D.get_task(source)
+    local = D.local_file(spec, spec.calib_split) if spec.calib_split else None
+    if local is None or not local.is_file():
+        local = D.local_file(spec)
+    return local if local is not None and local.is_file() else None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -174,12 +199,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     desc = backend.to_str() if backend is not None else json.dumps(
         [getattr(tokenizer, "name_or_path", ""), len(tokenizer), sorted(tokenizer.get_vocab().items())[:2000]])
-    desc += json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, type(tokenizer).__name__])
-    return hashlib.sha256(desc.encode()).hexdigest()[:16]
-
-
-def _cache_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:20]
+    return digest([desc, tokenizer.bos_token_id, tokenizer.eos_token_id, type(tokenizer).__name__], 16)
 
 
 # --- window drawing -----------------------------------------------------------------------------------
@@ -251,21 +271,15 @@ def window_diversity(rows: list[list[int]]) -> float | None:
 
 
 # --- cache --------------------------------------------------------------------------------------------
-def _save(folder: Path, calib: CalibrationSet) -> None:
-    from safetensors.torch import save_file
-
-    from nsa.atomic import atomic_path, write_json
-
-    calib.path = str(folder / f"{calib.key}.safetensors")
-    with atomic_path(calib.path) as tmp:
-        save_file({"input_ids": calib.input_ids.contiguous()}, str(tmp))
-    write_json(folder / f"{calib.key}.json", calib.summary())
+def _save(entry: Entry, calib: CalibrationSet) -> None:
+    with entry.build() as tmp:
+        save_file({"input_ids": calib.input_ids.contiguous()}, str(tmp / "input_ids.safetensors"))
+        calib.path = str(entry.path("input_ids.safetensors"))
+        write_json(tmp / "calibration.json", calib.summary())
 
 
-def _load(folder: Path, key: str) -> CalibrationSet:
-    from safetensors.torch import load_file
-
-    meta = json.loads((folder / f"{key}.json").read_text(encoding="utf-8"))
+def _load(entry: Entry) -> CalibrationSet:
+    meta = read_json(entry.path("calibration.json"))
     meta.pop("shape", None)
     meta["cached"] = True
-    return CalibrationSet(input_ids=load_file(str(folder / f"{key}.safetensors"))["input_ids"], **meta)
+    return CalibrationSet(input_ids=load_file(str(entry.path("input_ids.safetensors")))["input_ids"], **meta)

@@ -12,39 +12,32 @@
   acc), `truncated`, and for acc_norm tasks `prediction_norm` / `correct_norm`.
 
 `compare(dense_dir, pruned_dir)` gives the accuracy drop with a paired 95% interval and the flips both
-ways; `dense_evaluation` computes dense results once per (model, task, prompt + rows, limit) under
-`cache_dir()/dense/<model_key>/eval/` and reuses them.
+ways; `dense_evaluation` computes dense results once per (model, task, prompt + rows, limit) as shared cache
+entries (`nsa.artifacts.Entry`, kind "dense-eval", checksummed) and reuses them.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nsa import datasets as D
-from nsa.atomic import atomic_dir, write_json, write_jsonl
+from nsa import harness
+from nsa.artifacts import Entry, digest, read_json, read_jsonl, versions
+from nsa.atomic import write_json, write_jsonl
 from nsa.errors import NSAError
-from nsa.paths import cache_dir
+from nsa.models import load_model, model_key
+from nsa.perplexity import perplexity
+from nsa.progress import Report
 
 DEFAULT_BATCH_SIZE = 16
-EVAL_FORMAT = 1  # bump when records / summaries change meaning (invalidates cached dense results)
+EVAL_FORMAT = 2  # bump when records / summaries change meaning (invalidates cached dense results)
 Z95 = 1.959963984540054
-
-
-@dataclass
-class ProgressEvent:
-    """What progress callbacks receive (same fields as the pruning engine's events)."""
-
-    fraction: float
-    message: str
-    stage: str = ""
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
@@ -63,54 +56,47 @@ def resolve_tasks(tasks: str | D.TaskSpec | list) -> list[D.TaskSpec]:
 
 def evaluate(model, tokenizer, tasks, limit: int | None = None, out_dir: str | Path | None = None,
              progress: Callable | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-             max_length: int | None = None, masks: Any = None, weights: Any = None, online: bool = False,
-             ppl_seqlen: int | None = None) -> dict:
+             max_length: int | None = None, online: bool = False, ppl_seqlen: int | None = None) -> dict:
     """Evaluate `model` on `tasks` through the harness; returns the summary (and writes it to `out_dir`).
 
-    `masks` (a path to masks.safetensors or a dict) are applied to a copy of the model (`nsa.masks`),
-    leaving `model` dense. `max_length` overrides the context length (default: the model's
-    max_position_embeddings); longer examples are truncated from the left and counted. `online=True`
-    runs the harness's own registered tasks (needs the hub) instead of the local variants.
+    `max_length` overrides the context length (default: the model's max_position_embeddings); longer examples
+    are truncated from the left and counted. `online=True` runs the harness's own registered tasks (needs the
+    hub) instead of the local variants.
     """
-    summary, records = run_evaluation(model, tokenizer, tasks, limit, progress, batch_size, max_length, masks,
-                                      weights, online, ppl_seqlen)
+    summary, records = run_evaluation(model, tokenizer, tasks, limit, progress, batch_size, max_length, online,
+                                      ppl_seqlen)
     if out_dir is not None:
         write_outputs(out_dir, summary, records)
     return summary
 
 
 def run_evaluation(model, tokenizer, tasks, limit: int | None = None, progress: Callable | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, masks: Any = None,
-                   weights: Any = None, online: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, online: bool = False,
                    ppl_seqlen: int | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """`evaluate` without writing: (summary, {task: records})."""
     specs = resolve_tasks(tasks)
     D.check_limit(limit)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise NSAError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if masks is not None:
-        model = _masked_copy(model, masks, weights)
-    report = _Reporter(progress)
+    for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise NSAError(f"{name} must be a positive integer, got {value!r}")
+    report = Report(progress, stage="evaluation")
     started = time.time()
     choice_specs = [s for s in specs if s.kind != "perplexity"]
     ppl_specs = [s for s in specs if s.kind == "perplexity"]
     summary: dict[str, Any] = {"model": _model_name(model), "limit": limit, "batch_size": batch_size,
-                               "masks": str(masks) if isinstance(masks, (str, Path)) else bool(masks),
                                "tasks": {}, "timing": {}, "versions": _versions(), "format": EVAL_FORMAT}
     records: dict[str, list[dict]] = {}
     if choice_specs:
         span = len(choice_specs) / len(specs)
         entries, recs, timing = _run_harness(model, tokenizer, choice_specs, limit, batch_size, max_length,
-                                             online, report.scaled(0.0, span))
+                                             online, report.part(0.0, span))
         summary["tasks"].update(entries)
         records.update(recs)
         summary["timing"].update(timing)
     for k, spec in enumerate(ppl_specs):
-        from nsa.perplexity import perplexity
-
         lo = (len(choice_specs) + k) / len(specs)
         result = perplexity(model, tokenizer, spec.name, seqlen=ppl_seqlen, batch_size=1, max_windows=limit,
-                            progress=report.scaled(lo, lo + 1 / len(specs)))
+                            progress=report.part(lo, lo + 1 / len(specs)))
         window_nll = result.pop("window_nll")
         summary["tasks"][spec.name] = {"task": spec.name, "kind": spec.kind, "group": spec.group, **result,
                                        "n": result["n_windows"], "metric": "ppl"}
@@ -130,8 +116,6 @@ def write_outputs(out_dir: str | Path, summary: dict, records: dict[str, list[di
 
 
 def _run_harness(model, tokenizer, specs, limit, batch_size, max_length, online, report):
-    from nsa import harness
-
     if online and any(s.harness_task is None for s in specs):
         raise NSAError("online=True runs the harness's own tasks; these have none: "
                        + ", ".join(s.name for s in specs if s.harness_task is None))
@@ -264,52 +248,19 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-class _Reporter:
-    """Maps sub-step fractions into the caller's progress callback."""
-
-    def __init__(self, progress: Callable | None, lo: float = 0.0, hi: float = 1.0):
-        self.progress, self.lo, self.hi = progress, lo, hi
-
-    def __call__(self, fraction: float | ProgressEvent, message: str = "") -> None:
-        if isinstance(fraction, ProgressEvent):
-            fraction, message = fraction.fraction, fraction.message
-        if self.progress is not None:
-            value = self.lo + (self.hi - self.lo) * min(max(fraction, 0.0), 1.0)
-            self.progress(ProgressEvent(fraction=value, message=message, stage="evaluation"))
-
-    def scaled(self, lo: float, hi: float) -> "_Reporter":
-        span = self.hi - self.lo
-        return _Reporter(self.progress, self.lo + span * lo, self.lo + span * hi)
-
-
 def _model_name(model) -> str:
     return str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("lm_eval", "torch", "transformers", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
+    return versions() | {"datasets": _version("datasets")}
 
 
-def _masked_copy(model, masks, weights):
+def _version(package: str) -> str | None:
     try:
-        from nsa.masks import load_masks, pruned_copy
-    except ImportError as err:
-        raise NSAError(f"evaluating with masks needs nsa.masks, which is not available ({err})") from None
-    if isinstance(masks, (str, Path)):
-        masks = load_masks(masks)
-    if isinstance(weights, (str, Path)):  # SparseGPT's updated weights: plain tensors, no mask checks
-        from safetensors.torch import load_file
-
-        weights = load_file(str(weights))
-    return pruned_copy(model, masks, weights)
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 # --- reading results ----------------------------------------------------------------------------------
@@ -317,15 +268,14 @@ def load_summary(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "summary.json"
     if not path.is_file():
         raise NSAError(f"{path} does not exist: not an evaluation folder (run `python -m nsa evaluate` first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def load_records(run_dir: str | Path, task: str) -> list[dict]:
     path = Path(run_dir) / f"{task}.jsonl"
     if not path.is_file():
         raise NSAError(f"{path} does not exist: task {task!r} was not evaluated in {run_dir}")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return read_jsonl(path)
 
 
 # --- compare ------------------------------------------------------------------------------------------
@@ -348,13 +298,13 @@ def compare(dense_dir: str | Path, pruned_dir: str | Path, out_path: str | Path 
             d, p = dense["tasks"][task]["ppl"], pruned["tasks"][task]["ppl"]
             result["tasks"][task] = {"kind": "perplexity", "dense_ppl": d, "pruned_ppl": p, "ppl_ratio": p / d}
             continue
-        result["tasks"][task] = _compare_records(load_records(dense_dir, task), load_records(pruned_dir, task))
+        result["tasks"][task] = compare_records(load_records(dense_dir, task), load_records(pruned_dir, task))
     if out_path is not None:
         write_json(out_path, result)
     return result
 
 
-def _compare_records(dense: list[dict], pruned: list[dict]) -> dict:
+def compare_records(dense: list[dict], pruned: list[dict]) -> dict:
     d = {r["index"]: r for r in dense}
     p = {r["index"]: r for r in pruned}
     common = sorted(set(d) & set(p))
@@ -387,58 +337,58 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 # --- dense results, computed once ---------------------------------------------------------------------
 def task_fingerprint(spec: D.TaskSpec, limit: int | None) -> str:
-    """Hash of what decides a task's results besides the model: prompt, choices, metrics and the rows."""
+    """Digest of what decides a task's results besides the model: prompt, choices, metrics and the rows."""
     rows = D.load_examples(spec, limit=limit)
-    blob = json.dumps([EVAL_FORMAT, spec.prompt, list(spec.label_names), spec.target_delimiter,
-                       list(spec.metrics), spec.partial, rows], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+    return digest([EVAL_FORMAT, spec.prompt, list(spec.label_names), spec.target_delimiter, list(spec.metrics),
+                   spec.partial, rows], 16)
 
 
-def dense_folder(key: str, spec: D.TaskSpec, limit: int | None) -> Path:
-    return cache_dir() / "dense" / key / "eval" / f"{spec.name}-{limit or 'all'}-{task_fingerprint(spec, limit)}"
+def dense_entry(model_key: str, spec: D.TaskSpec, limit: int | None) -> Entry:
+    return Entry.keyed("dense-eval", EVAL_FORMAT, {"model": model_key, "task": spec.name, "limit": limit,
+                                                    "rows": task_fingerprint(spec, limit)})
 
 
 def dense_evaluation(model_id: str, tasks, limit: int | None = None, out_dir: str | Path | None = None,
                      progress: Callable | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu",
-                     dtype: str = "float32", model=None, tokenizer=None, key: str | None = None) -> dict:
+                     dtype: str = "float32", model=None, tokenizer=None, key: str | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
     """Dense results of `model_id` on `tasks`, each computed once per (model, task, prompt + rows, limit).
 
-    Cached per task under `cache_dir()/dense/<model_key>/eval/<task>-<limit>-<fingerprint>/`. The model is
-    loaded (`nsa.models.load_model`) only when a task is missing, unless `model`/`tokenizer` are given.
-    With `out_dir` the combined summary.json and <task>.jsonl are written there (a run's eval/dense/).
+    Each task is a verified cache entry ("dense-eval"): a missing or corrupted one is (re)computed, the log
+    saying why. The model is loaded only when a task must be computed, unless `model`/`tokenizer` are given
+    (they must be the dense model). With `out_dir` the combined summary.json and <task>.jsonl are written
+    there (a run's eval/dense/).
     """
     specs = resolve_tasks(tasks)
     D.check_limit(limit)
-    if key is None:
-        from nsa.models import model_key
-
-        key = model_key(model_id)
-    folders = {s.name: dense_folder(key, s, limit) for s in specs}
-    missing = [s for s in specs if not (folders[s.name] / "summary.json").is_file()]
+    key = key or model_key(model_id)
+    entries = {s.name: dense_entry(key, s, limit) for s in specs}
+    problems = {s.name: entries[s.name].problems() for s in specs}
+    missing = [s for s in specs if problems[s.name]]
     if missing:
+        for spec in missing:
+            if problems[spec.name] != ["missing"] and log is not None:
+                log(f"dense evaluation of {spec.name} in the cache is bad ({problems[spec.name][0]}): recomputing it")
         if model is None or tokenizer is None:
-            from nsa.models import load_model
-
             model, tokenizer = load_model(model_id, device=device, dtype=dtype)
         fresh, records = run_evaluation(model, tokenizer, missing, limit=limit, progress=progress,
                                         batch_size=batch_size)
         for spec in missing:
-            with atomic_dir(folders[spec.name]) as tmp:
+            with entries[spec.name].build() as tmp:
                 write_jsonl(tmp / f"{spec.name}.jsonl", records[spec.name])
                 write_json(tmp / "summary.json", {**fresh, "tasks": {spec.name: fresh["tasks"][spec.name]},
                                                   "model_id": model_id, "model_key": key})
     summary: dict[str, Any] = {"model_id": model_id, "model_key": key, "limit": limit, "tasks": {},
                                "reused": [s.name for s in specs if s not in missing], "format": EVAL_FORMAT}
     for spec in specs:
-        part = json.loads((folders[spec.name] / "summary.json").read_text(encoding="utf-8"))
-        summary["tasks"][spec.name] = part["tasks"][spec.name]
-        for field in ("model", "batch_size", "versions", "masks"):
+        part = read_json(entries[spec.name].path("summary.json"))
+        summary["tasks"][spec.name] = part["tasks"][spec.name] | {"cache_entry": entries[spec.name].key}
+        for field in ("model", "batch_size", "versions"):
             summary.setdefault(field, part.get(field))
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for spec in specs:
-            shutil.copyfile(folders[spec.name] / f"{spec.name}.jsonl", out / f"{spec.name}.jsonl")
+            shutil.copyfile(entries[spec.name].path(f"{spec.name}.jsonl"), out / f"{spec.name}.jsonl")
         write_json(out / "summary.json", summary)
     return summary
-

@@ -1,27 +1,52 @@
-"""Pruning masks on a model: load them, check they fit, apply them (in place or on a copy).
+"""Pruning masks on a model: load them, check they fit, apply them in place.
 
-Masks are `{parameter name: uint8 tensor of the parameter's shape}`, 1 = pruned (see pruners.io).
+Masks are `{parameter name: uint8 tensor of the parameter's shape}`, 1 = pruned (see pruners.io). A job prunes
+its one model in place; nothing here copies a model.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from nsa.errors import NSAError
 
 
 def load_masks(path) -> dict:
-    """Masks from a `masks.safetensors` file (or a run folder containing one)."""
+    """Masks from a `masks.safetensors` file (or a run folder containing one); an empty or unreadable file,
+    or tensors that are not 0/1 masks, are refused (evaluating them would show the dense model as pruned)."""
     p = Path(path)
     if p.is_dir():
         p = p / "masks.safetensors"
     if not p.is_file():
         raise NSAError(f"mask file {p} does not exist: give a masks.safetensors written by `python -m nsa prune`")
-    from safetensors.torch import load_file
+    try:
+        masks = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise NSAError(f"cannot read masks from {p} ({str(err)[:200]}): is it a masks.safetensors written by "
+                       "`python -m nsa prune`?") from None
+    if not masks:
+        raise NSAError(f"mask file {p} holds no masks: evaluating it would be the dense model")
+    bad = [n for n, m in masks.items() if m.dtype not in (torch.uint8, torch.bool) or (m.numel() and int(m.max()) > 1)]
+    if bad:
+        raise NSAError(f"mask file {p}: {bad[0]} is not a 0/1 mask (dtype {masks[bad[0]].dtype}); masks are uint8, "
+                       "1 = pruned")
+    return masks
+
+
+def load_weights(path) -> dict | None:
+    """SparseGPT's (or a permutation's) pruned weights from weights.safetensors, or None without a path."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise NSAError(f"weights file {p} does not exist")
     try:
         return load_file(str(p))
-    except Exception as err:  # corrupt/foreign file
-        raise NSAError(f"cannot read masks from {p}: {err}") from err
+    except (SafetensorError, OSError, ValueError) as err:
+        raise NSAError(f"cannot read weights from {p} ({str(err)[:200]})") from None
 
 
 def check_masks(model, masks: dict) -> None:
@@ -42,7 +67,6 @@ def check_masks(model, masks: dict) -> None:
 
 def apply_masks(model, masks: dict, weights: dict | None = None):
     """Zero every masked entry in place; with `weights` (SparseGPT), copy those pruned weights in first."""
-    import torch
     check_masks(model, masks)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -55,12 +79,6 @@ def apply_masks(model, masks: dict, weights: dict | None = None):
             p = params[name]
             p.masked_fill_(m.to(device=p.device, dtype=torch.bool), 0)
     return model
-
-
-def pruned_copy(model, masks: dict, weights: dict | None = None):
-    """A deep copy of `model` with the masks applied; `model` is untouched."""
-    check_masks(model, masks)
-    return apply_masks(copy.deepcopy(model), masks, weights)
 
 
 def check_mask_files(masks: str | None, weights: str | None) -> None:

@@ -34,15 +34,16 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from nsa import datasets as D
 from nsa.errors import NSAError
 from nsa.neurons import capture, check_fast_tokenizer, text_regions, tokens_of_words
 from nsa.words import word_spans
+from pruners import ProgressEvent
 
 
 @dataclass
 class MatchConfig:
     """Step 2 settings: batch size, significance (alpha, min_occurrences, min_selectivity), label size."""
-
     batch_size: int = 16
     min_occurrences: int = 10
     alpha: float = 0.05
@@ -59,7 +60,6 @@ class MatchConfig:
 @dataclass
 class Encoded:
     """One prompt: token ids, text-token positions, and (word id, last-token position) occurrences."""
-
     index: int
     ids: list[int]
     offsets: list[tuple[int, int]]
@@ -71,8 +71,6 @@ class Encoded:
 
 def encode(spec, examples: list[dict], tokenizer, words: list[str], max_length: int) -> list[Encoded]:
     """Tokenize the task prompts and locate the influential words' occurrences (by last token)."""
-    from nsa import datasets as D
-
     check_fast_tokenizer(tokenizer)
     word_id = {w: k for k, w in enumerate(words)}
     out = []
@@ -104,7 +102,6 @@ def context_length(model, tokenizer, max_length: int | None) -> int:
 
 class Accumulator:
     """Running sums per layer: text-token count/sum/sum of squares, per-word sums, top example maxima."""
-
     def __init__(self, sizes: list[int], n_words: int, top_m: int, device, dtype=None):
         import torch
 
@@ -203,8 +200,6 @@ def stream(model, encoded: list[Encoded], sites, sizes: list[int], n_words: int,
             acc.start_batch(batch, ids.shape[1], device)
             model(input_ids=ids, attention_mask=att, use_cache=False)
             if progress is not None:
-                from nsa.evaluation import ProgressEvent
-
                 done = min(start + batch_size, len(encoded))
                 progress(ProgressEvent(done / len(encoded), f"{message} {done}/{len(encoded)} prompts", message))
     model.train(was_training)
@@ -215,7 +210,6 @@ def stream(model, encoded: list[Encoded], sites, sizes: list[int], n_words: int,
 @dataclass
 class LayerStats:
     """Per-layer derived statistics ([K, N] unless noted)."""
-
     mu: "object"  # [N]
     sd: "object"  # [N]
     mean: "object"  # [K, N] mean activation on each word
@@ -271,7 +265,6 @@ def benjamini_hochberg(p):
 @dataclass
 class Matching:
     """Step 2 result: per-layer stats, significance and the labelled neurons."""
-
     words: list[str]
     clusters: list[str]  # cluster of each word
     stats: list[LayerStats]

@@ -1,55 +1,111 @@
-"""Load a causal LM and its tokenizer from `demo`, a local folder or a (cached) hub id; key it by content."""
+"""Load a causal LM and its tokenizer from `demo`, a local folder, a GGUF file or a (cached) hub id; key it by
+content.
+
+A model name is checked once (`check_model_name`): `demo`, an existing local path (stored absolute), or a
+hub id of the form `org/name`. A `.gguf` file (or a folder holding exactly one) is converted once into a
+normal model folder in the cache (`nsa.gguf`). Pickled checkpoints (`pytorch_model.bin`) are refused: loading
+a pickle runs code. Model code from the hub never runs unless `trust_remote_code` is asked for.
+"""
 from __future__ import annotations
 
-import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from nsa.atomic import sha256_file
+from nsa import gguf
+from nsa.artifacts import digest, sha256_file
 from nsa.errors import NSAError
-from nsa.paths import DEMO_MODEL_DIR
+from nsa.hub import ensure_offline_if_unreachable, is_offline
+from nsa.paths import DEMO_MODEL_DIR, cache_dir
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+WEIGHT_SUFFIXES = (".json", ".safetensors", ".model", ".txt")
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+MAX_NAME = 1024
 
 
 def looks_local(model_id: str) -> bool:
     return (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or "\\" in model_id
-            or Path(model_id).expanduser().exists())
+            or model_id.lower().endswith(".gguf") or Path(model_id).expanduser().exists())
 
 
-def resolve_model_dir(model_id: str) -> Path:
-    """The folder holding the model's files; raises NSAError when it does not exist or is not cached."""
-    if not model_id:
-        raise NSAError("no model given: pass 'demo', a local folder or a Hugging Face hub id")
+def check_model_name(name: str) -> str:
+    """The normalised model name: "demo", an absolute local path, or a hub id; anything else is an NSAError."""
+    name = name.strip() if isinstance(name, str) else ""
+    if not name:
+        raise NSAError("no model given: pass 'demo', a local folder, a .gguf file or a hub id like 'org/name'",
+                       "model")
+    if len(name) > MAX_NAME or "\x00" in name:
+        raise NSAError(f"a model name of {len(name)} characters is not a path or a hub id", "model")
+    if name == "demo":
+        return name
+    if looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise NSAError(f"model path {path} does not exist: check the path, or give a hub id like 'org/name'",
+                           "model")
+        return str(path.resolve())
+    if not HUB_ID.match(name):
+        raise NSAError(f"{name[:80]!r} is neither an existing local path nor a hub id of the form 'org/name'",
+                       "model")
+    return name
+
+
+def resolve_model_dir(model_id: str, progress=None) -> Path:
+    """The folder holding the model's files (a GGUF file is converted first); NSAError when it is unusable."""
+    model_id = check_model_name(model_id)
     if model_id == "demo":
         if not (DEMO_MODEL_DIR / "config.json").is_file():
             raise NSAError(f"the demo model is not built yet ({DEMO_MODEL_DIR} has no config.json): "
                            "run `python -m nsa demo build` first")
         return DEMO_MODEL_DIR
     if looks_local(model_id):
-        path = Path(model_id).expanduser()
-        if not path.is_dir():
-            raise NSAError(f"model folder {path} does not exist: check the path, or give a hub id like 'org/name'")
-        if not (path / "config.json").is_file():
-            raise NSAError(f"model folder {path} has no config.json: give a folder written by save_pretrained")
-        return path.resolve()
+        path = Path(model_id)
+        file = gguf.find_gguf(path)
+        if file is not None:
+            return gguf.convert_gguf(file, cache_dir(), progress=progress)
+        return _check_folder(path)
+    return _hub_snapshot(model_id)
+
+
+def _check_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise NSAError(f"model path {path} is a file: give a folder written by save_pretrained or a .gguf file")
+    if not (path / "config.json").is_file():
+        raise NSAError(f"model folder {path} has no config.json: give a folder written by save_pretrained")
+    if not any(path.glob("*.safetensors")):
+        pickles = [p for p in PICKLES if (path / p).is_file()]
+        if pickles:
+            raise NSAError(f"model folder {path} holds only {pickles[0]}, a pickle (loading it could run code), "
+                           "which this tool refuses: convert it once to safetensors, e.g. "
+                           "`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder, "
+                           "safe_serialization=True)` on a machine you trust")
+        raise NSAError(f"model folder {path} has no *.safetensors weights")
+    return path.resolve()
+
+
+def _hub_snapshot(model_id: str) -> Path:
     from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]
+    ensure_offline_if_unreachable()
     try:
-        return Path(snapshot_download(model_id, local_files_only=True,
-                                      allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception:
-        from nsa.offline import is_offline
+        return Path(snapshot_download(model_id, local_files_only=True, allow_patterns=patterns))
+    except Exception:  # noqa: BLE001 - not cached: try the hub, or say why not
         if is_offline():
             raise NSAError(f"hub id {model_id!r} is not in the local Hugging Face cache and the hub is "
-                           "unreachable (offline): download it on a machine with internet, or give a local folder")
-        try:
-            return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-        except Exception as err:
-            raise NSAError(f"cannot download {model_id!r} from the hub: {err}") from err
+                           "unreachable (offline): download it on a machine with internet, or give a local "
+                           "folder or .gguf file") from None
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001
+        raise NSAError(f"cannot download {model_id!r} from the hub: {str(err)[:300]}") from None
 
 
-def load_model(model_id: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False):
+def load_model(model_id: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+               progress=None):
     """(model in eval mode on `device`, tokenizer). Bad id/path → NSAError at once.
 
     The tokenizer is None when the folder has no tokenizer files at all (a weights-only checkpoint such as
@@ -57,34 +113,49 @@ def load_model(model_id: str, device: str = "cpu", dtype: str = "float32", trust
     """
     if dtype not in DTYPES:
         raise NSAError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    path = resolve_model_dir(model_id)
+    path = resolve_model_dir(model_id, progress)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
-                                                     trust_remote_code=trust_remote_code)
-    except ValueError as err:
-        raise NSAError(f"cannot load {model_id!r} as a causal LM: {err}") from err
+                                                     trust_remote_code=trust_remote_code, use_safetensors=True)
+    except (ValueError, OSError) as err:
+        raise NSAError(f"cannot load {model_id!r} as a causal LM: {str(err)[:300]}") from None
     tokenizer = None
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        model.to(device).eval()
-        return model, None  # e.g. a weights-only checkpoint: usable with token ids, not with text
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-    except Exception as err:
-        raise NSAError(f"cannot load the tokenizer of {model_id!r} from {path}: {err}") from err
+    if any((path / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        except Exception as err:  # noqa: BLE001 - any tokenizer failure is the user's file
+            raise NSAError(f"cannot load the tokenizer of {model_id!r} from {path}: {str(err)[:300]}") from None
     model.to(device).eval()
     return model, tokenizer
 
 
+def check_device(device: str) -> None:
+    """`cpu`, `cuda`, `cuda:N` that exists on this machine, or `mps` when available; else a clear NSAError."""
+    import torch
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise NSAError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps", "device")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise NSAError(f"this machine has no CUDA GPU for {device!r} (torch {torch.__version__} sees none); "
+                           "use cpu", "device")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise NSAError(f"{device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                           "device")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise NSAError("Apple's Metal backend (mps) is not available on this machine; use cpu", "device")
+
+
 @lru_cache(maxsize=64)
 def _dir_key(path: str, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file() and p.suffix in (".json", ".safetensors", ".model", ".txt"):
-            h.update(str(p.relative_to(path)).encode())
-            h.update(sha256_file(p).encode())
-    return h.hexdigest()[:16]
+    parts = [(str(p.relative_to(path)), sha256_file(p)) for p in sorted(Path(path).rglob("*"))
+             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name != "gguf.json"]
+    return digest(parts, 16)
 
 
 def model_key(model_id: str) -> str:
@@ -92,3 +163,18 @@ def model_key(model_id: str) -> str:
     path = resolve_model_dir(model_id)
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*")) if p.is_file())
     return _dir_key(str(path), stamp)
+
+
+def local_model_key(model_id: str) -> str | None:
+    """`model_key` for the demo, local folders and GGUF files (so a model changed in place is a new run); None
+    for hub ids (keyed by name: their cached snapshot is what runs) and for paths that do not resolve (the
+    job reports those when it loads the model). A GGUF file is keyed by its own content, without converting."""
+    if model_id != "demo" and not looks_local(model_id):
+        return None
+    file = gguf.find_gguf(Path(model_id)) if model_id != "demo" else None
+    if file is not None:
+        return "gguf-" + sha256_file(file)[:16]
+    try:
+        return model_key(model_id)
+    except NSAError:
+        return None

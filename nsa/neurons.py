@@ -18,14 +18,13 @@ import contextlib
 from typing import Callable, Iterator
 
 from nsa.errors import NSAError
+from pruners.errors import PruneError
+from pruners.families import mlp_sites, mlp_sites_from_names
 
 
 # --- sites ------------------------------------------------------------------------------------------------
 def neuron_sites(model) -> list:
     """`pruners.families.mlp_sites(model)`, with a clear error when no MLP intermediate is found."""
-    from pruners.errors import PruneError
-    from pruners.families import mlp_sites
-
     try:
         sites = mlp_sites(model)
     except PruneError as err:
@@ -93,8 +92,6 @@ def ablate(sites, neurons: dict[int, list[int]]) -> Iterator[None]:
 # --- pruned fractions -------------------------------------------------------------------------------------
 def pruned_fractions(masks: dict) -> list[dict]:
     """One row per MLP neuron: layer, index, frac_in, frac_out (1 = pruned in the masks)."""
-    from pruners.families import mlp_sites_from_names
-
     try:
         sites = mlp_sites_from_names(list(masks))
     except Exception as err:  # noqa: BLE001 - the engine's own message says what did not match

@@ -17,7 +17,9 @@ from functools import lru_cache
 from typing import Callable
 
 from nsa import datasets as D
+from nsa.calibration import tokenizer_fingerprint
 from nsa.errors import NSAError
+from pruners import ProgressEvent
 
 C4_DOCS = 1100
 C4_WINDOWS = 256
@@ -28,7 +30,6 @@ def eval_tokens(dataset: str, tokenizer, seqlen: int):
     spec = D.get_task(dataset)
     if spec.kind != "perplexity":
         raise NSAError(f"perplexity is computed on {', '.join(D.list_tasks(kind='perplexity'))}, not {dataset!r}")
-    from nsa.calibration import tokenizer_fingerprint
 
     texts = tuple(r["text"] for r in D.load_examples(spec))
     ids = _tokenized(dataset, texts, tokenizer_fingerprint(tokenizer), _TokenizerRef(tokenizer))
@@ -37,7 +38,6 @@ def eval_tokens(dataset: str, tokenizer, seqlen: int):
 
 class _TokenizerRef:
     """Carries the tokenizer into the cached function without making it part of the cache key."""
-
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
@@ -80,8 +80,6 @@ def perplexity(model, tokenizer, dataset: str = "wikitext2", seqlen: int | None 
             inputs = ids[:, i * seqlen: j * seqlen].reshape(j - i, seqlen).to(device)  # [b, seqlen]
             nlls.extend(window_nll(model, inputs).tolist())
             if progress is not None:
-                from nsa.evaluation import ProgressEvent
-
                 progress(ProgressEvent(fraction=j / n, message=f"{dataset} window {j}/{n}", stage="perplexity"))
     mean_nll = sum(nlls) / len(nlls)
     return {"dataset": dataset, "ppl": math.exp(mean_nll), "mean_nll": mean_nll, "n_windows": n,

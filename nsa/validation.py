@@ -1,35 +1,38 @@
-"""Causal check of NSA labels (beyond the paper): ablate labelled neurons vs random ones.
+"""Causal check of NSA labels (beyond the paper): ablate labelled neurons vs random ones, with a p-value.
 
 For each cluster, the top-n labelled neurons of that cluster (neurons whose label words all belong to it,
 ranked by their top selectivity) are zeroed in the dense model (forward-pre-hook on the down projection,
-`nsa.neurons.ablate`) and the task accuracy is measured by the evaluator (`nsa.evaluation.run_evaluation`,
-lm-evaluation-harness on the in-memory model, so the hooks apply). The control zeroes n random neurons drawn
-from the same layers with the same per-layer counts (never the cluster's labelled ones), over `seeds`
-seeds (>= 3). Drops are in accuracy points (100 x (baseline - ablated)); `random_drop_std` is the sample
-standard deviation over seeds. A label set beats random when its drop exceeds the random mean by more than
-two random standard deviations and by more than one example (`beats_random`, reported beside the figures,
-not inside them): random controls that all drop the same have sd 0, and one flipped example is no evidence.
+`nsa.neurons.ablate`) and the task is scored by the evaluator (`nsa.evaluation.run_evaluation`, the harness on
+the in-memory model, so the hooks apply) on the run's example set. The baseline is the dense evaluation's own
+records of that set (no second evaluation). The null distribution: `draws` (>= 20) sets of n random neurons
+with the same per-layer counts, never the cluster's labelled ones.
 
-Accuracy saturates: a confident model keeps every answer although ablation moved its log-likelihoods. So
-each ablation also reports the mean drop of the gold margin, log p(gold) - max log p(other choice), in nats,
-over the examples of the cluster's own class when the cluster is a label name (ablating "negative" neurons
-should cost confidence on negative examples) and over all examples otherwise (`labelled_margin_drop`,
-`random_margin_drop_mean/std`, `beats_random_margin` with the same two-sigma rule).
+The primary measure is the gold margin, log p(gold) - max log p(other choice), in nats, averaged over the
+examples of the cluster's own class when the cluster is a label name (ablating "negative" neurons should cost
+confidence on negative examples) and over all examples otherwise: accuracy saturates on a confident model,
+which keeps its answers although ablation moved its log-likelihoods. Accuracy drop (points) is reported beside.
+The test: a one-sided Monte Carlo permutation p-value, p = (1 + #{random draws losing at least as much margin})
+/ (1 + draws); a label set is `validated` when p < `level` (0.05). With 20 draws the smallest possible p is
+1/21 ≈ 0.048: every random set must lose less than the labelled one.
 
 `loss_accuracy_correlation` relates, across runs (tasks, calibration sets, sparsities), each cluster's
 relative activation loss to the run's accuracy drop (Pearson and Spearman).
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from nsa import datasets as D
 from nsa.errors import NSAError
+from nsa.evaluation import run_evaluation
 from nsa.neurons import ablate
+from nsa.progress import Report
+
+TEST_NOTE = ("one-sided Monte Carlo permutation test of the gold-margin drop against random neuron sets with the "
+             "same per-layer counts: p = (1 + #random >= labelled) / (1 + draws)")
 
 
 @dataclass
@@ -39,29 +42,27 @@ class ValidationConfig:
     and no margin beyond the random control, while 100 did (negative cluster) — so the default scales."""
     n_neurons: int | None = None
     share: float = 0.02
-    seeds: int = 3
+    draws: int = 20
     batch_size: int = 16
+    level: float = 0.05
 
 
-def task_accuracy(model, tokenizer, task: str, limit: int | None, batch_size: int = 16,
-                  sites=None, neurons: dict[int, list[int]] | None = None) -> float:
-    """Accuracy (0..1) of `model` on `task` through the evaluator, with `neurons` zeroed when given."""
-    return task_scores(model, tokenizer, task, limit, batch_size, sites, neurons)[0]
-
-
-def task_scores(model, tokenizer, task: str, limit: int | None, batch_size: int = 16, sites=None,
+def task_scores(model, tokenizer, spec, limit: int | None, batch_size: int = 16, sites=None,
                 neurons: dict[int, list[int]] | None = None) -> tuple[float, list[tuple[int, float]]]:
     """(accuracy 0..1, [(gold, gold margin in nats) per example]) with `neurons` zeroed when given."""
-    from nsa.evaluation import run_evaluation
-
     if neurons:
         with ablate(sites, neurons):
-            summary, records = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
+            _summary, records = run_evaluation(model, tokenizer, spec, limit=limit, batch_size=batch_size)
     else:
-        summary, records = run_evaluation(model, tokenizer, task, limit=limit, batch_size=batch_size)
-    name = task if isinstance(task, str) else task.name
-    margins = [(r["gold"], gold_margin(r["loglik"], r["gold"])) for r in records[name]]
-    return float(summary["tasks"][name]["acc"]), margins
+        _summary, records = run_evaluation(model, tokenizer, spec, limit=limit, batch_size=batch_size)
+    return scores_of(records[spec.name])
+
+
+def scores_of(records: list[dict]) -> tuple[float, list[tuple[int, float]]]:
+    """(accuracy, [(gold, gold margin)]) of evaluation records (sorted by example index)."""
+    records = sorted(records, key=lambda r: r["index"])
+    acc = sum(bool(r["correct"]) for r in records) / len(records) if records else 0.0
+    return acc, [(r["gold"], gold_margin(r["loglik"], r["gold"])) for r in records]
 
 
 def gold_margin(loglik: list[float], gold: int) -> float:
@@ -73,6 +74,11 @@ def margin_drop(before: list[tuple[int, float]], after: list[tuple[int, float]],
     """Mean margin lost (nats) over the examples whose gold is `gold` (all examples when None)."""
     pairs = [(b, a) for (g, b), (_, a) in zip(before, after) if gold is None or g == gold]
     return sum(b - a for b, a in pairs) / len(pairs) if pairs else 0.0
+
+
+def permutation_p(observed: float, null: list[float]) -> float:
+    """One-sided Monte Carlo p-value of `observed` being at least this large under the `null` draws."""
+    return (1 + sum(x >= observed for x in null)) / (1 + len(null))
 
 
 def cluster_neurons(labels: list[dict], cluster: str, n: int) -> list[tuple[int, int]]:
@@ -106,80 +112,75 @@ def _as_dict(neurons: list[tuple[int, int]]) -> dict[int, list[int]]:
     return out
 
 
-def validate(model, tokenizer, task: str, limit: int | None, sites, sizes: list[int], labels: list[dict],
-             clusters: list[str], config: ValidationConfig | None = None,
+def validate(model, tokenizer, spec, limit: int | None, sites, sizes: list[int], labels: list[dict],
+             clusters: list[str], dense_records: list[dict], config: ValidationConfig | None = None,
              progress: Callable | None = None) -> tuple[dict, dict]:
-    """(summary `validation` block, details) for each cluster: labelled vs random ablation drops."""
+    """(summary `validation` block, details) per cluster: labelled vs random ablation, margin and accuracy,
+    with the permutation p-value and a verdict sentence. `dense_records`: the evaluation's records of the
+    example set (the baseline)."""
     config = config or ValidationConfig()
-    if config.seeds < 3:
-        raise NSAError(f"validation needs at least 3 random seeds, got {config.seeds}")
-    steps = 1 + len(clusters) * (1 + config.seeds)
-    done = 0
-
-    def tick(message: str) -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            from nsa.evaluation import ProgressEvent
-
-            progress(ProgressEvent(done / steps, message, "validation"))
-
+    if config.draws < 20:
+        raise NSAError(f"validation needs at least 20 random draws for a stable null, got {config.draws}")
+    spec = D.get_task(spec)
+    report = Report(progress, stage="validation")
+    steps, done = len(clusters) * (1 + config.draws), 0
     n_ablate = config.n_neurons or max(10, round(config.share * sum(sizes)))
-    base, base_margins = task_scores(model, tokenizer, task, limit, config.batch_size)
-    tick("validation: baseline accuracy")
-    label_names = _label_names(task)
-    summary, details = {}, {"baseline_accuracy": base, "clusters": {}}
+    base, base_margins = scores_of(dense_records)
+    label_names = list(spec.label_names or [])
+    summary, details = {}, {"baseline_accuracy": base, "n_examples": len(base_margins), "draws": config.draws,
+                            "test": TEST_NOTE, "level": config.level, "clusters": {}}
     for cluster in clusters:
         chosen = cluster_neurons(labels, cluster, n_ablate)
         if not chosen:
-            summary[cluster] = {"labelled_drop": None, "random_drop_mean": None, "random_drop_std": None,
-                                "n_neurons": 0, "labelled_margin_drop": None, "random_margin_drop_mean": None,
-                                "random_margin_drop_std": None}
-            details["clusters"][cluster] = {"note": "no labelled neuron in this cluster"}
-            done += 1 + config.seeds
+            summary[cluster] = _empty_cluster()
+            details["clusters"][cluster] = {"note": "no labelled neuron in this cluster",
+                                            "verdict": f"no neuron is labelled {cluster!r}: nothing to test"}
+            done += 1 + config.draws
             continue
         gold = label_names.index(cluster) if cluster in label_names else None
-        acc, margins = task_scores(model, tokenizer, task, limit, config.batch_size, sites, _as_dict(chosen))
-        tick(f"validation: ablate {cluster}")
+        acc, margins = task_scores(model, tokenizer, spec, limit, config.batch_size, sites, _as_dict(chosen))
+        done += 1
+        report(done / steps, f"validation: ablate {cluster}")
         exclude = {(lab["layer"], lab["index"]) for lab in labels if lab["cluster"] == cluster}
         random_drops, random_margins = [], []
-        for seed in range(config.seeds):
+        for seed in range(config.draws):
             control = random_like(chosen, sizes, exclude, seed)
-            r_acc, r_margins = task_scores(model, tokenizer, task, limit, config.batch_size, sites,
+            r_acc, r_margins = task_scores(model, tokenizer, spec, limit, config.batch_size, sites,
                                            _as_dict(control))
             random_drops.append(100.0 * (base - r_acc))
             random_margins.append(margin_drop(base_margins, r_margins, gold))
-            tick(f"validation: random control {seed + 1}/{config.seeds} for {cluster}")
+            done += 1
+            report(done / steps, f"validation: random draw {seed + 1}/{config.draws} for {cluster}")
+        drop, m_drop = 100.0 * (base - acc), margin_drop(base_margins, margins, gold)
         mean, std = _mean_std(random_drops)
         m_mean, m_std = _mean_std(random_margins)
-        drop = 100.0 * (base - acc)
-        m_drop = margin_drop(base_margins, margins, gold)
+        p_margin, p_acc = permutation_p(m_drop, random_margins), permutation_p(drop, random_drops)
+        validated = p_margin < config.level
         summary[cluster] = {"labelled_drop": drop, "random_drop_mean": mean, "random_drop_std": std,
                             "n_neurons": len(chosen), "labelled_margin_drop": m_drop,
-                            "random_margin_drop_mean": m_mean, "random_margin_drop_std": m_std}
-        details["clusters"][cluster] = {"ablated_accuracy": acc, "random_drops": random_drops,
-                                        "random_margin_drops": random_margins,
-                                        "margin_examples": "class " + cluster if gold is not None else "all",
-                                        "neurons": [list(x) for x in chosen],
-                                        # two random sds, and never less than one example (an
-                                        # all-equal control has sd 0: one flip must not "beat" it)
-                                        "beats_random": drop > mean + max(2 * std, 100.0 / len(base_margins)),
-                                        "beats_random_margin": m_drop > m_mean + 2 * m_std}
+                            "random_margin_drop_mean": m_mean, "random_margin_drop_std": m_std,
+                            "p_margin": p_margin, "p_accuracy": p_acc, "validated": validated}
+        scope = f"{cluster} examples" if gold is not None else "all examples"
+        details["clusters"][cluster] = {
+            "ablated_accuracy": acc, "random_drops": random_drops, "random_margin_drops": random_margins,
+            "margin_examples": scope, "neurons": [list(x) for x in chosen],
+            "verdict": (f"{'validated' if validated else 'not validated'}: ablating the {len(chosen)} top "
+                        f"{cluster!r} neurons costs {m_drop:.3g} nats of gold margin on {scope}, random sets of "
+                        f"{len(chosen)} cost {m_mean:.2g} ± {m_std:.2g} (p = {p_margin:.3g}, {config.draws} draws; "
+                        f"accuracy drop {drop:.2f} vs {mean:.2f} ± {std:.2f} points, p = {p_acc:.3g})")}
     return summary, details
+
+
+def _empty_cluster() -> dict:
+    return {"labelled_drop": None, "random_drop_mean": None, "random_drop_std": None, "n_neurons": 0,
+            "labelled_margin_drop": None, "random_margin_drop_mean": None, "random_margin_drop_std": None,
+            "p_margin": None, "p_accuracy": None, "validated": None}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation."""
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))
-
-
-def _label_names(task) -> list[str]:
-    """The task's class names (empty for tasks without fixed labels)."""
-    from nsa.datasets import get_task
-
-    spec = get_task(task) if isinstance(task, str) else task
-    return list(getattr(spec, "label_names", None) or [])
 
 
 # --- activation loss vs accuracy drop across runs -------------------------------------------------------------
@@ -200,22 +201,6 @@ def loss_accuracy_correlation(points: list[dict]) -> dict:
         out[cluster] = {"n": len(pairs), "pearson": _pearson(xs, ys) if len(pairs) >= 3 else None,
                         "spearman": _pearson(_ranks(xs), _ranks(ys)) if len(pairs) >= 3 else None}
     return out
-
-
-def correlation_from_runs(nsa_dirs: list[str | Path]) -> dict:
-    """`loss_accuracy_correlation` over attribution output folders (clusters.jsonl + summary.json each)."""
-    points = []
-    for folder in nsa_dirs:
-        folder = Path(folder)
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        drop = (summary.get("accuracy") or {}).get("drop")
-        if drop is None:
-            raise NSAError(f"{folder}: no pruned accuracy drop in summary.json (attribution ran without masks)")
-        for line in (folder / "clusters.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row["level"] == "cluster":
-                points.append({"cluster": row["name"], "relative_lost": row["relative_lost"], "accuracy_drop": drop})
-    return loss_accuracy_correlation(points)
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float | None:

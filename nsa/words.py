@@ -36,7 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nsa import datasets as D
 from nsa.errors import NSAError
+from nsa.neurons import text_regions, tokens_of_words
+from pruners import ProgressEvent
 
 WORD_RE = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
 
@@ -53,7 +56,6 @@ def words_of(text: str) -> list[str]:
 @dataclass
 class WordConfig:
     """How step 1 picks words. `top_k` per class; `min_df` = minimum number of documents with the word."""
-
     top_k: int = 20
     min_df: int = 3
     cv_folds: int = 5
@@ -66,7 +68,6 @@ class WordConfig:
 @dataclass
 class WordSelection:
     """The influential words: one row per word (word, cluster, score, frequency, occurrences)."""
-
     method: str
     rows: list[dict]
     clusters: list[str]
@@ -166,9 +167,6 @@ def _dedupe(rows: list[dict]) -> list[dict]:
 def gradient_words(model, tokenizer, spec, examples: list[dict], config: WordConfig,
                    progress: Callable | None = None) -> WordSelection:
     """Top-K words per class by mean gradient x input of the gold-label log-likelihood margin."""
-    from nsa import datasets as D
-    from nsa.neurons import text_regions
-
     labels = [D.gold_for(spec, ex) for ex in examples]
     names = _labels_and_names(labels, spec.label_names or [])
     texts = [D.example_text(spec, ex) for ex in examples]
@@ -182,8 +180,6 @@ def gradient_words(model, tokenizer, spec, examples: list[dict], config: WordCon
             sums[(word, gold)] += sum(attr[t] for t in toks)
             occ[(word, gold)] += 1
         if progress is not None:
-            from nsa.evaluation import ProgressEvent
-
             progress(ProgressEvent((i + 1) / len(examples), f"gradient x input {i + 1}/{len(examples)}", "words"))
     rows = []
     for cls in sorted(set(labels)):
@@ -206,7 +202,6 @@ def example_attribution(model, tokenizer, spec, example: dict, scale: dict[int, 
     """
     import torch
 
-    from nsa import datasets as D
 
     device = next(model.parameters()).device
     embed = model.get_input_embeddings()
@@ -240,8 +235,6 @@ def example_attribution(model, tokenizer, spec, example: dict, scale: dict[int, 
 
 def _word_tokens(prompt: str, offsets, regions: list[tuple[int, int]]):
     """(word, start, end, token positions) for each word inside `regions` of the prompt."""
-    from nsa.neurons import tokens_of_words
-
     for region_start, region_end in regions:
         spans = [(w, s + region_start, e + region_start) for w, s, e in word_spans(prompt[region_start:region_end])]
         for (w, s, e), toks in zip(spans, tokens_of_words(offsets, spans)):
@@ -312,8 +305,6 @@ SELECTORS = ("learned", "gradient")
 def select_words(spec, examples: list[dict], method: str = "learned", config: WordConfig | None = None,
                  model=None, tokenizer=None, progress: Callable | None = None) -> WordSelection:
     """Step 1 for `examples` of task `spec`: `method` is learned, gradient, or a path to a word file."""
-    from nsa import datasets as D
-
     config = config or WordConfig()
     spec = D.get_task(spec)
     if spec.kind != "classification" and method in SELECTORS:

@@ -7,7 +7,7 @@ import re
 
 import streamlit as st
 
-from nsa import figures, results, ui
+from nsa_app import figures, results, ui
 
 
 def highlight(text: str, words: list[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from nsa import figures, results, ui
+from nsa_app import figures, results, ui
 
 
 def body() -> None:

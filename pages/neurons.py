@@ -6,7 +6,7 @@ import html
 
 import streamlit as st
 
-from nsa import figures, results, ui
+from nsa_app import figures, results, ui
 
 SORTABLE = ["frac", "frac_in", "frac_out", "shift_abs", "shift_rel", "layer", "index"]
 

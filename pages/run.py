@@ -7,8 +7,14 @@ import time
 import pandas as pd
 import streamlit as st
 
-from nsa import ui
+from nsa.attribution import NSA_OPTIONS
+from nsa.calibration import list_calibration_sources
+from nsa.datasets import list_tasks
 from nsa.errors import NSAError
+from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
+from nsa_app import ui
+from pruners.registry import get_method, list_methods
 
 PATTERNS = ["unstructured", "2:4", "4:8"]
 QUEUE_POLL_S = 2.0
@@ -35,10 +41,6 @@ def option_widget(method: str, opt) -> object:
 
 
 def build_spec() -> dict:
-    from nsa.calibration import list_calibration_sources
-    from nsa.datasets import list_tasks
-    from pruners.registry import get_method, list_methods
-
     model = ui.model_input()
     demo = ui.demo_ready()
     left, right = st.columns(2)
@@ -98,8 +100,6 @@ def build_spec() -> dict:
 
 def nsa_options() -> dict:
     """The NSA settings form, generated from `nsa.attribution.NSA_OPTIONS` (as the CLI flags are)."""
-    from nsa.attribution import NSA_OPTIONS
-
     options: dict = {}
     with st.expander("NSA options"):
         for opt in NSA_OPTIONS:
@@ -114,28 +114,19 @@ def nsa_options() -> dict:
 
 
 def launch(spec_dict: dict) -> None:
-    from nsa.jobs.runs import run_dir
-    from nsa.jobs.spec import parse_spec
-    from nsa.jobs.store import JobStore
-    from nsa.jobs.worker import ensure_worker
-
     if not spec_dict.get("model"):
         raise NSAError("give a model: demo, a local folder, or a hub id")
-    spec = parse_spec(spec_dict)
-    if run_dir(spec.id).is_dir():
-        st.success(f"This spec already ran (run {spec.id}): opening its results.")
-        st.switch_page("pages/neurons.py", query_params={"run": spec.id})
-    job_id = JobStore().submit(spec)
-    ensure_worker()
-    st.session_state["last-job"] = job_id
-    st.toast(f"queued job {job_id}")
+    sub = submit(spec_dict)
+    if sub.already_done:
+        st.success(f"This spec already ran (run {sub.run_id}): opening its results.")
+        st.switch_page("pages/neurons.py", query_params={"run": sub.run_id})
+    st.session_state["last-job"] = sub.run_id
+    st.toast(sub.message)
 
 
 @st.fragment(run_every=QUEUE_POLL_S)
 def queue() -> None:
     """The job queue, re-read from the store every few seconds (only this fragment reruns)."""
-    from nsa.jobs.store import JobStore
-
     jobs = JobStore().list()
     if not jobs:
         st.caption("No jobs yet.")

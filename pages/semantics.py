@@ -3,32 +3,25 @@ matrix of the top neurons, clusters with the activation lost after pruning, and 
 random ablation)."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pandas as pd
 import streamlit as st
 
-from nsa import figures, results, ui
+from nsa.artifacts import Entry
 from nsa.atomic import write_json
-from nsa.paths import cache_dir
+from nsa.jobs.submit import Submission, submit
+from nsa_app import figures, results, ui
 
 
-def rerun_with_words(run_id: str, edited: pd.DataFrame) -> str:
-    """Save the edited word list as a word file under the cache and submit the run's spec with it."""
-    from nsa.jobs.store import JobStore
-    from nsa.jobs.worker import ensure_worker
-
+def rerun_with_words(run_id: str, edited: pd.DataFrame) -> Submission:
+    """Save the edited word list as a word file (a cache entry keyed by its content) and submit the run's spec
+    with it."""
     rows = [{"word": str(r["word"]).strip(), "cluster": str(r["cluster"]), "score": float(r.get("score", 1.0))}
             for _, r in edited.dropna(subset=["word"]).iterrows() if str(r["word"]).strip()]
-    payload = json.dumps(rows, sort_keys=True)
-    path = cache_dir() / "app" / "words" / f"{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
-    write_json(path, rows)
+    entry = Entry.keyed("word-lists", 1, {"rows": rows})
+    entry.ensure(lambda tmp: write_json(tmp / "words.json", rows))
     spec = dict(results.spec(run_id))
-    spec["nsa"] = {**(spec.get("nsa") or {}), "words": str(path)}
-    job_id = JobStore().submit(spec)
-    ensure_worker()
-    return job_id
+    spec["nsa"] = {**(spec.get("nsa") or {}), "words": str(entry.path("words.json"))}
+    return submit(spec)
 
 
 def body() -> None:
@@ -48,8 +41,8 @@ def body() -> None:
     st.download_button("Download CSV", view.to_csv(index=False).encode(), "words.csv", "text/csv",
                        key="csv-words", on_click="ignore")
     if st.button("Re-run NSA with these words", key="rerun-words"):
-        job = rerun_with_words(run_id, edited)
-        st.success(f"queued job {job}; follow it on the Run page")
+        sub = rerun_with_words(run_id, edited)
+        st.success(f"{sub.message}; follow it on the Run page")
 
     st.subheader("Neuron–word matrix (top neurons)")
     matrix = results.neuron_word_matrix(run_id)

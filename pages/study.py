@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from nsa import ui
+from nsa.calibration import list_calibration_sources
+from nsa.datasets import list_tasks
 from nsa.errors import NSAError
 from nsa.study import library, runner
+from nsa_app import study_report as report
+from nsa_app import ui
+from pruners.registry import list_methods
 
 SPARSITY_CHOICES = [round(0.1 * k, 1) for k in range(1, 10)]
 
@@ -23,8 +27,6 @@ def _options(loader, fallback: list[str]) -> list[str]:
 
 def _methods() -> list[str]:
     def load():
-        from pruners.registry import list_methods
-
         return list_methods()
 
     return _options(load, ["magnitude", "wanda", "sparsegpt"])
@@ -32,8 +34,6 @@ def _methods() -> list[str]:
 
 def _sources() -> list[str]:
     def load():
-        from nsa.calibration import list_calibration_sources
-
         return list_calibration_sources()
 
     return _options(load, ["demo-generic", "demo-reviews"])
@@ -41,8 +41,6 @@ def _sources() -> list[str]:
 
 def _tasks() -> list[str]:
     def load():
-        from nsa.datasets import list_tasks
-
         return [t for t in list_tasks() if t not in ("wikitext2", "c4")]
 
     return _options(load, ["demo-reviews", "demo-unseen"])
@@ -85,8 +83,7 @@ def define_form() -> None:
     axes = {"method": methods, "source": sources, "sparsity": sorted(sparsities), "seed": list(range(int(n_seeds)))}
     try:
         study = library.make_study(name, base, axes, max_runs=int(max_runs))
-        plan = runner.plan(study)
-        runner.check_plan_size(plan, yes=confirm)
+        plan = runner.plan(study, yes=confirm)
         library.save_study(study)
         launch(plan)
     except NSAError as err:
@@ -100,14 +97,13 @@ def define_form() -> None:
 def launch(plan: runner.StudyPlan) -> None:
     if plan.to_run:
         runner.submit(plan)
-        runner.ensure_worker()
 
 
 @st.fragment(run_every=3)
 def watch(name: str) -> None:
     """Live progress of the study's runs in the shared queue (polled)."""
     try:
-        plan = runner.plan(library.find_study(name))
+        plan = runner.plan(library.find_study(name), yes=True)
         state = runner.progress(plan)
     except NSAError as err:
         st.error(str(err))
@@ -120,10 +116,8 @@ def watch(name: str) -> None:
 
 
 def show_results(name: str) -> None:
-    from nsa.study import report
-
     try:
-        plan = runner.plan(library.find_study(name))
+        plan = runner.plan(library.find_study(name), yes=True)
         view = report.study_report(plan)
     except NSAError as err:
         st.error(str(err))
@@ -179,19 +173,18 @@ def main() -> None:
         return
     with st.expander("Definition", expanded=False):
         st.code(library.dump_study(study), language="yaml")
+    big = study.size > study.max_runs
+    confirm = st.checkbox(f"Confirm {study.size} grid points (more than this study's limit of {study.max_runs})",
+                          key="confirm-study") if big else False
     try:
-        plan = runner.plan(study)
+        plan = runner.plan(study, yes=confirm)
     except NSAError as err:
         st.error(str(err))
         return
     st.write(runner.plan_summary(plan))
     if plan.to_run:
-        big = len(plan.runs) > study.max_runs
-        confirm = st.checkbox(f"Confirm {len(plan.runs)} runs (more than this study's limit of {study.max_runs})",
-                              key="confirm-study") if big else False
         if st.button("Run the missing runs" if plan.finished else "Run", type="primary", key="run-study"):
             try:
-                runner.check_plan_size(plan, yes=confirm)
                 launch(plan)
             except NSAError as err:
                 st.error(str(err))

@@ -9,33 +9,23 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
+import transformers
 from torch import nn
 
-from pruners.config import ProgressEvent, PruneConfig, PruneResult, parse_pattern, validate_sparsity
+from pruners.config import ProgressEvent, PruneConfig, PruneResult
 from pruners.errors import PruneError
 from pruners.families import decoder_layers, get_family, prunable_modules
+from pruners.method import LayerContext, Method, ModuleResult, Target
+from pruners.permutation import apply_layer_permutations
 from pruners.registry import get_method
 from pruners.stats import InputStats
 
 
 class _Stop(Exception):
     pass
-
-
-@dataclass
-class PruneContext:
-    """What a method's prune function needs besides the weight and its statistics."""
-    name: str
-    sparsity: float
-    nm: tuple[int, int] | None
-    options: dict
-    gradient: torch.Tensor | None = None  # [out, in] (GBLM)
-    model: nn.Module | None = None  # the model being pruned (RIA channel_permutation reads its structure)
-    permutation: object = None  # set by the method: a ColumnPermutation to apply at layer end, or a reason str
 
 
 def validate_calibration(calib_ids, model) -> torch.Tensor:
@@ -110,26 +100,21 @@ def _weight_view(module: nn.Module, conv1d: bool) -> torch.Tensor:
 
 
 def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
-          progress: Callable[[ProgressEvent], None] | None = None,
-          gradients: dict | None = None) -> PruneResult:
-    """Prune `model` in place; masks keyed by parameter name (1 = pruned). See ARCHITECTURE.md."""
+          progress: Callable[[ProgressEvent], None] | None = None, device: str | None = None,
+          calib_device: str | None = None) -> PruneResult:
+    """Prune `model` in place; masks keyed by parameter name (1 = pruned). See ARCHITECTURE.md.
+
+    `device`: where layers run (default: where the model is); `calib_device`: where the calibration
+    activations are kept between layers (default: `device`; "cpu" saves GPU memory on large models).
+    """
     t_start = time.perf_counter()
     method = get_method(config.method)
-    sparsity = validate_sparsity(config.sparsity)
-    nm = parse_pattern(config.pattern)
-    options = method.resolve_options(config.options)
     family = get_family(model)
     layers = decoder_layers(model)
-    for i in range(len(layers)):
-        for name, mod in prunable_modules(model, i).items():
-            d_in = mod.weight.shape[0] if family.conv1d else mod.weight.shape[1]
-            if nm and d_in % nm[1]:
-                raise PruneError(f"pattern {config.pattern}: {name} has {d_in} inputs, not divisible by M={nm[1]}")
-    needs_calib = bool(set(method.needs) & {"activations", "hessian", "gradients"})
-    device = torch.device(config.device) if config.device else next(model.parameters()).device
-    calib_device = torch.device(config.calib_device) if config.calib_device else device
-    torch.manual_seed(config.seed)
-    if needs_calib:
+    _check_pattern(model, layers, config, family.conv1d)
+    device = torch.device(device) if device else next(model.parameters()).device
+    calib_device = torch.device(calib_device) if calib_device else device
+    if method.needs_calibration:
         if calib_ids is None:
             raise PruneError(f"method {method.name!r} needs calibration tokens")
         calib_ids = validate_calibration(calib_ids, model)
@@ -139,53 +124,39 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
 
     def report(frac, msg):
         if progress is not None:
-            progress(ProgressEvent(fraction=frac, message=msg))
+            progress(ProgressEvent(fraction=frac, message=msg, stage="prune"))
 
-    if "gradients" in method.needs and gradients is None:
-        from pruners.gradients import compute_gradients
-        report(0.0, "gradient pass")
-        gradients = compute_gradients(model, calib_ids, scale=options.get("scale", 100.0), device=device)
+    aux = {}
+    if method.prepare is not None:
+        report(0.0, f"{method.name}: preparing on the dense model")
+        aux = method.prepare(model, calib_ids, config.options, device)
 
     masks, weights, layer_times, module_sparsity, permutations = {}, {}, [], {}, {}
-    inps = kwargs = None
-    if needs_calib:
+    inps = kwargs = outs = None
+    if method.needs:
         inps, kwargs = capture_layer0_inputs(model, calib_ids, device, calib_device)
         kwargs = {k: _to(v, device) for k, v in kwargs.items()}
         outs = torch.zeros_like(inps)
+    ctx = LayerContext(sparsity=config.sparsity, nm=config.nm, options=config.options, model=model)
     n_layers = len(layers)
     for i, layer in enumerate(layers):
         t0 = time.perf_counter()
         modules = prunable_modules(model, i)
-        stats = (_collect_stats(layer, modules, inps, outs, kwargs, device, method.needs,
-                               share=options.get("shared_hessian", True)) if needs_calib else {})
+        stats = _collect_stats(layer, modules, inps, outs, kwargs, device, method.needs) if method.needs else {}
+        results = _prune_layer(method, modules, stats, aux, family.conv1d, ctx)
         perms = {}
-        grouped = _prune_groups(method, modules, stats, family.conv1d, lambda n: PruneContext(
-            name=n, sparsity=sparsity, nm=nm, options=options, model=model,
-            gradient=None if gradients is None else _grad_view(gradients, n, family.conv1d)))
         for name, mod in modules.items():
-            ctx = PruneContext(name=name, sparsity=sparsity, nm=nm, options=options, model=model,
-                               gradient=None if gradients is None else _grad_view(gradients, name, family.conv1d))
-            mask, W_new = grouped.pop(name) if name in grouped else \
-                method.prune(_weight_view(mod, family.conv1d), stats.get(name), ctx)
+            result = results[name]
             pname = name + ".weight"
-            with torch.no_grad():
-                if W_new is not None:
-                    W_new[mask] = 0
-                    new = W_new.t() if family.conv1d else W_new
-                    mod.weight.data.copy_(new.to(mod.weight.dtype))
-                    weights[pname] = mod.weight.data.detach().to("cpu").clone()
-                else:
-                    m = mask.t() if family.conv1d else mask
-                    mod.weight.data[m.to(mod.weight.device)] = 0
-            masks[pname] = (mask.t() if family.conv1d else mask).to(torch.uint8).cpu().contiguous()
-            module_sparsity[pname] = float(mask.float().mean())
-            if ctx.permutation is not None:
-                perms[name] = ctx.permutation
+            _write_back(mod, result, family.conv1d, weights, pname)
+            masks[pname] = (result.mask.t() if family.conv1d else result.mask).to(torch.uint8).cpu().contiguous()
+            module_sparsity[pname] = float(result.mask.float().mean())
+            if result.permutation is not None:
+                perms[name] = result.permutation
         if perms:  # before the re-run: the permuted layer computes the same function
-            from pruners.permutation import apply_layer_permutations
             permutations.update(apply_layer_permutations(model, modules, perms, masks, weights))
         del stats
-        if needs_calib:
+        if method.needs:
             with torch.no_grad():
                 _run_layer(layer, inps, outs, kwargs, device)
             inps, outs = outs, inps
@@ -198,7 +169,7 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
             weights.setdefault(k, params[k].detach().cpu().clone())
     total = sum(m.numel() for m in masks.values())
     stats_out = {
-        "config": asdict(config), "resolved_options": options, "method_needs": list(method.needs),
+        "config": config.to_dict(), "resolved_options": dict(config.options), "method_needs": list(method.needs),
         "family": family.name, "module_sparsity": module_sparsity,
         "overall_sparsity": sum(module_sparsity[k] * masks[k].numel() for k in masks) / max(total, 1),
         "layer_times_s": layer_times, "total_time_s": time.perf_counter() - t_start,
@@ -210,30 +181,60 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
     return PruneResult(masks=masks, stats=stats_out, weights=weights or None)
 
 
-def _grad_view(gradients: dict, name: str, conv1d: bool) -> torch.Tensor:
-    g = gradients[name + ".weight"]
-    return (g.t() if conv1d else g).float()
+def _check_pattern(model: nn.Module, layers, config: PruneConfig, conv1d: bool) -> None:
+    nm = config.nm
+    if nm is None:
+        return
+    for i in range(len(layers)):
+        for name, mod in prunable_modules(model, i).items():
+            d_in = mod.weight.shape[0] if conv1d else mod.weight.shape[1]
+            if d_in % nm[1]:
+                raise PruneError(f"{name} has {d_in} inputs, not divisible by M={nm[1]}", "pattern")
 
 
-def _prune_groups(method, modules, stats, conv1d: bool, make_ctx) -> dict:
-    """{name: (mask, W_new)} for Linears sharing one input statistic (q/k/v, gate/up), when the method's
-    prune function has a `group` attribute (SparseGPT: one OBS sweep over their stacked rows); {} otherwise."""
-    group_fn = getattr(method.prune, "group", None)
-    by_input: dict[int, list[str]] = {}
+def _prune_layer(method: Method, modules: dict[str, nn.Module], stats: dict, aux: dict, conv1d: bool,
+                 ctx: LayerContext) -> dict[str, ModuleResult]:
+    """{module name: result}: one prune call per Linear, or per group of Linears sharing an input statistic when
+    the method is joint (SparseGPT's stacked sweep over q/k/v and gate/up)."""
+    groups: dict[int, list[str]] = {}
+    joint = method.joint(ctx.options)
     for name in modules:
-        if group_fn is not None and stats.get(name) is not None:
-            by_input.setdefault(id(stats[name]), []).append(name)
-    out = {}
-    for names in by_input.values():
-        if len(names) > 1:
-            results = group_fn([_weight_view(modules[n], conv1d) for n in names], stats[names[0]],
-                               [make_ctx(n) for n in names])
-            out.update(zip(names, results))
+        key = id(stats[name]) if joint and stats.get(name) is not None else id(name)
+        groups.setdefault(key, []).append(name)
+    out: dict[str, ModuleResult] = {}
+    for names in groups.values():
+        targets = [Target(n, _weight_view(modules[n], conv1d), _aux_view(aux, n, conv1d)) for n in names]
+        results = method.prune(targets, stats.get(names[0]), ctx)
+        if len(results) != len(targets):
+            raise PruneError(f"method {method.name} returned {len(results)} results for {len(targets)} modules")
+        out.update(zip(names, results))
     return out
 
 
-def _collect_stats(layer, modules, inps, outs, kwargs, device, needs, share: bool = True) -> dict:
-    """One forward of the dense layer per sample; inputs shared by several Linears are accumulated once."""
+def _write_back(mod: nn.Module, result: ModuleResult, conv1d: bool, weights: dict, pname: str) -> None:
+    """Zero the pruned entries in the model (or copy the method's new kept weights in, pruned entries zeroed)."""
+    with torch.no_grad():
+        if result.weight is not None:
+            W_new = result.weight
+            W_new[result.mask] = 0
+            new = W_new.t() if conv1d else W_new
+            mod.weight.data.copy_(new.to(mod.weight.dtype))
+            weights[pname] = mod.weight.data.detach().to("cpu").clone()
+        else:
+            m = result.mask.t() if conv1d else result.mask
+            mod.weight.data[m.to(mod.weight.device)] = 0
+
+
+def _aux_view(aux: dict, name: str, conv1d: bool) -> torch.Tensor | None:
+    g = aux.get(name + ".weight")
+    if g is None:
+        return None
+    return (g.t() if conv1d else g).float()
+
+
+def _collect_stats(layer, modules, inps, outs, kwargs, device, needs) -> dict:
+    """One forward of the dense layer per sample; inputs shared by several Linears are accumulated once (into
+    one `InputStats`, the same numbers each Linear would accumulate on its own)."""
     seen: dict[str, torch.Tensor] = {}
     handles = [mod.register_forward_hook(
         lambda m, inp, out, name=name: seen.__setitem__(name, inp[0].detach())) for name, mod in modules.items()]
@@ -246,7 +247,7 @@ def _collect_stats(layer, modules, inps, outs, kwargs, device, needs, share: boo
                 outs[j] = _layer_output(layer(inps[j:j + 1].to(device), **kwargs))[0].to(outs.device)
                 done = set()
                 for name, x in seen.items():
-                    key = owner.get(name) or ((x.data_ptr(), tuple(x.shape)) if share else (name,))
+                    key = owner.get(name) or (x.data_ptr(), tuple(x.shape))
                     owner[name] = key
                     if key not in per_input:
                         per_input[key] = InputStats(x.shape[-1], x.device, hessian="hessian" in needs,
@@ -261,6 +262,5 @@ def _collect_stats(layer, modules, inps, outs, kwargs, device, needs, share: boo
 
 
 def _versions() -> dict:
-    import transformers
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version()}

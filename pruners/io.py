@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetensors.torch import load_file, save_file
+
 from pruners.errors import PruneError
 
 
@@ -28,7 +30,6 @@ def save_result(result, out_dir, save_weights: bool = False, model=None) -> dict
     weights.safetensors holds the pruned weights of every pruned Linear: `result.weights` when the method
     updated them (SparseGPT), else read from the pruned `model`.
     """
-    from safetensors.torch import save_file
     out = Path(out_dir)
     paths = {"masks": out / "masks.safetensors", "stats": out / "stats.json"}
     masks = {k: v.contiguous() for k, v in result.masks.items()}
@@ -50,7 +51,6 @@ def save_result(result, out_dir, save_weights: bool = False, model=None) -> dict
 
 def load_masks(path) -> dict:
     """{param name: uint8 tensor} from a masks.safetensors file."""
-    from safetensors.torch import load_file
     p = Path(path)
     if not p.is_file():
         raise PruneError(f"mask file {p} does not exist")

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from pruners.errors import PruneError
+from pruners.families import get_family
+from pruners.selection import row_mask, threshold_mask
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -73,7 +75,6 @@ def plan_for(model: nn.Module, name: str, ncols: int, m: int) -> PermutationPlan
 
     Unsupported families → PruneError (the option is only implemented where the producers are known).
     """
-    from pruners.families import get_family
     fam = get_family(model)
     if fam.name not in PERMUTABLE_FAMILIES:
         raise PruneError(f"RIA channel_permutation is implemented for Llama, Mistral and Qwen2 (SwiGLU, GQA), "
@@ -114,7 +115,6 @@ def column_order(score: torch.Tensor, importance: str, sparsity: float) -> torch
     """Columns of `score` [rows, cols] in ascending importance (the reference's `sorted_idx`)."""
     if importance == "sum":
         return torch.sort(score.sum(dim=0), stable=True)[1]
-    from pruners.selection import row_mask, threshold_mask
     if importance == "retained_degree_unstructured":
         mask = threshold_mask(score, sparsity)
     elif importance == "retained_degree_per_outneuron":

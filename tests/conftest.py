@@ -1,18 +1,26 @@
-"""Shared test setup: real data from ../shared, offline hub, one torch thread, a private cache dir."""
+"""Shared test setup: real data from ../shared, offline hub, one torch thread, a private cache dir; and the
+session's fixture runs (made by the real job pipeline) for the app, page and study tests."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("NSA_SHARED_DIR", ROOT.parent / "shared")).resolve()
 os.environ.setdefault("NSA_DATA_DIR", str(SHARED / "data"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NSA_MODELS_DIR", str(SHARED / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the HF libraries are imported (below)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from nsa.jobs.pipeline import run_job  # noqa: E402
+from nsa.study import load_study, runner  # noqa: E402
+from nsa_app.results import list_runs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,10 +37,7 @@ def stories_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def stories(stories_dir: Path):
     """(model, tokenizer) of the real stories260K checkpoint, fp32, eval mode; shared read-only: tests that
-    prune or change weights work on a copy (`nsa.masks.pruned_copy`) or load their own."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    prune or change weights work on a copy (`copy.deepcopy`) or load their own."""
     model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(stories_dir)
 
@@ -45,9 +50,82 @@ def reference_dir(shared_dir: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _one_thread_and_private_cache(tmp_path_factory, monkeypatch):
     """Tests never touch the user's cache/ and do not fight over the 2 cores."""
-    import torch
-
     torch.set_num_threads(1)
     cache = tmp_path_factory.getbasetemp() / "nsa-cache"
     monkeypatch.setenv("NSA_CACHE_DIR", str(cache))
     yield
+
+
+# --- fixture runs: stories260K through the real pipeline (two runs for the app, a two-run study) ----------
+def small_spec(stories_dir, method: str) -> dict:
+    spec = {"model": str(stories_dir),
+            "prune": {"method": method, "sparsity": 0.5, "pattern": "unstructured"},
+            "evaluate": {"tasks": ["sst2"], "limit": 24},
+            "nsa": {"task": "sst2", "limit": 24}}
+    if method != "magnitude":
+        spec["calibration"] = {"source": "wikitext2", "nsamples": 4, "seqlen": 64, "seed": 0}
+    return spec
+
+
+@pytest.fixture(scope="session")
+def app_cache(tmp_path_factory, stories_dir) -> Path:
+    """A private NSA_CACHE_DIR holding two complete runs; returns the cache folder."""
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.mktemp("app-cache")
+    old = os.environ.get("NSA_CACHE_DIR")
+    os.environ["NSA_CACHE_DIR"] = str(cache)
+    try:
+        for method in ("wanda", "magnitude"):
+            run_job(small_spec(stories_dir, method))
+    finally:
+        if old is None:
+            os.environ.pop("NSA_CACHE_DIR", None)
+        else:
+            os.environ["NSA_CACHE_DIR"] = old
+    return cache
+
+
+@pytest.fixture
+def cache_env(app_cache, monkeypatch) -> Path:
+    monkeypatch.setenv("NSA_CACHE_DIR", str(app_cache))
+    return app_cache
+
+
+@pytest.fixture
+def run_ids(cache_env) -> list[str]:
+    return sorted(list_runs()["run_id"].tolist())
+
+
+TINY_STUDY = """\
+name: tiny
+base:
+  model: {model}
+  prune: {{method: wanda, sparsity: 0.5, pattern: unstructured}}
+  calibration: {{source: sst2, nsamples: 4, seqlen: 32, seed: 0}}
+  evaluate: {{tasks: [sst2, rte], limit: 12}}
+axes:
+  sparsity: [0.3, 0.7]
+"""
+
+
+@pytest.fixture(scope="session")
+def study_cache(tmp_path_factory):
+    """The session's private cache (the same folder tests/conftest.py gives every test)."""
+    cache = tmp_path_factory.getbasetemp() / "nsa-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NSA_CACHE_DIR", str(cache))  # session fixtures run before the per-test cache fixture
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny_study(study_cache, stories_dir, tmp_path_factory):
+    """(study file, plan) after running both runs through the real job pipeline, in this process."""
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("study") / "tiny.yaml"
+    path.write_text(TINY_STUDY.format(model=stories_dir))
+    study = load_study(path)
+    plan = runner.plan(study)
+    assert len(plan.runs) == 2 and not plan.finished
+    for run in plan.runs:
+        run_job(run.spec)
+    return path, runner.plan(load_study(path))

@@ -1,28 +1,24 @@
 """`python -m nsa <command>`: one command line for everything the app does.
 
-Each module listed in `COMMAND_MODULES` defines `add_commands(subparsers)`, which registers one or more
-subcommands and sets `func=<callable(args) -> int>` on each. Modules keep heavy imports (torch,
-transformers, lm_eval) inside their functions so `--help` and argument errors stay instant.
+Each module in `COMMANDS` defines `add_commands(subparsers)`, which registers one or more subcommands and sets
+`func=<callable(args) -> int>` on each. An `NSAError` or `PruneError` prints `error: <message>` and exits 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-COMMAND_MODULES = ["prune", "evaluate", "attribute", "jobs", "study", "demo"]
+from nsa.cli import attribute, demo, evaluate, jobs, prune, study
+from nsa.errors import NSAError
+from pruners import PruneError
+
+COMMANDS = (prune, evaluate, attribute, jobs, study, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nsa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"nsa.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"nsa.cli.{name}":  # command not built yet
-                continue
-            raise
+    for module in COMMANDS:
         module.add_commands(sub)
     return parser
 
@@ -33,14 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from nsa.errors import NSAError
-    from pruners.errors import PruneError
-
     try:
         return int(args.func(args) or 0)
     except (NSAError, PruneError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_cap(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _cap(text: str, limit: int = 2000) -> str:
+    """An error message never prints a huge input whole."""
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from nsa.demo.build import BuildConfig, build, build_data_only
 from nsa.errors import NSAError
+from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
 
 
 def add_commands(subparsers) -> None:
@@ -45,8 +47,6 @@ def run_build(args) -> int:
 
     from tqdm import tqdm
 
-    from nsa.demo.build import BuildConfig, build, build_data_only
-    from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
 
     cfg = BuildConfig(seed=args.seed, threads=args.threads)
     if args.prompted_share is not None:
@@ -78,8 +78,6 @@ def run_build(args) -> int:
 
 
 def run_info(args) -> int:
-    from nsa.paths import DEMO_MODEL_DIR
-
     path = DEMO_MODEL_DIR / "build_info.json"
     if not path.exists():
         raise NSAError(f"the demo model is not built ({path} is missing): run `python -m nsa demo build`")

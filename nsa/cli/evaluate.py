@@ -1,14 +1,18 @@
 """`python -m nsa evaluate|compare-eval|tasks|calibrate`: task evaluation, dense/pruned comparison, the task
-registry and calibration sets from the command line. Heavy imports stay inside the command functions."""
+registry and calibration sets from the command line."""
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from nsa import datasets as D
+from nsa.calibration import build_calibration, list_calibration_sources
+from nsa.cli.bar import Bar
 from nsa.errors import NSAError
-from nsa.masks import check_mask_files
+from nsa.evaluation import DEFAULT_BATCH_SIZE, compare, evaluate, resolve_tasks
+from nsa.masks import apply_masks, check_mask_files, load_masks, load_weights
+from nsa.models import check_device, load_model
 
 
 def add_commands(subparsers) -> None:
@@ -50,54 +54,26 @@ def add_commands(subparsers) -> None:
     b.set_defaults(func=run_calibrate)
 
 
-class _Bar:
-    """tqdm bar fed by library progress callbacks (fractions 0..1)."""
-
-    def __init__(self, desc: str):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
-
-    def __call__(self, event) -> None:
-        target = int(round(1000 * event.fraction))
-        if target > self.bar.n:
-            self.bar.update(target - self.bar.n)
-        self.bar.set_postfix_str(event.message, refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _load_model(model_id: str, device: str, dtype: str):
-    try:
-        from nsa.models import load_model
-    except ImportError as err:
-        raise NSAError(f"model loading (nsa.models) is not available: {err}") from None
-    return load_model(model_id, device=device, dtype=dtype)
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    from nsa import datasets as D
-    from nsa.evaluation import DEFAULT_BATCH_SIZE, evaluate, resolve_tasks
-
     tasks = [t for t in args.tasks.split(",") if t.strip()]
     for path in args.custom:
         spec = D.register_custom_task(path, args.label_names.split(","))
         tasks.append(spec.name)
     resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
     D.check_limit(args.limit)
+    for name in ("batch_size", "max_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise NSAError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
     check_mask_files(args.masks, args.weights)
-    import torch
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, tokenizer = _load_model(args.model, args.device, args.dtype)
-    bar = _Bar("evaluate")
-    try:
+    check_device(args.device)
+    masks = load_masks(args.masks) if args.masks else None
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    if masks is not None:
+        apply_masks(model, masks, load_weights(args.weights))
+    with Bar("evaluate") as bar:
         summary = evaluate(model, tokenizer, tasks, limit=args.limit, out_dir=args.out, progress=bar,
-                           batch_size=args.batch_size or DEFAULT_BATCH_SIZE, max_length=args.max_length,
-                           masks=args.masks, weights=args.weights)
-    finally:
-        bar.close()
+                           batch_size=args.batch_size or DEFAULT_BATCH_SIZE, max_length=args.max_length)
     for name, entry in summary["tasks"].items():
         if entry["kind"] == "perplexity":
             print(f"{name:16s} ppl {entry['ppl']:.3f} ({entry['n_windows']} windows of {entry['seqlen']})")
@@ -111,8 +87,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from nsa.evaluation import compare
-
     result = compare(args.dense_dir, args.pruned_dir, out_path=args.out)
     for name, entry in result["tasks"].items():
         if entry["kind"] == "perplexity":
@@ -125,9 +99,6 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_tasks(args: argparse.Namespace) -> int:
-    from nsa import datasets as D
-    from nsa.calibration import list_calibration_sources
-
     rows = [D.task_info(n) for n in D.list_tasks()]
     if args.json:
         print(json.dumps({"tasks": rows, "calibration_sources": list_calibration_sources()}, indent=1))
@@ -139,14 +110,9 @@ def run_tasks(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from nsa.calibration import build_calibration
-
-    _, tokenizer = _load_model(args.model, "cpu", "float32")
-    bar = _Bar("calibration")
-    try:
+    _, tokenizer = load_model(args.model, "cpu", "float32")
+    with Bar("calibration") as bar:
         calib = build_calibration(args.source, tokenizer, args.nsamples, args.seqlen, seed=args.seed,
                                   path=args.path, progress=bar)
-    finally:
-        bar.close()
     print(json.dumps(calib.summary(), indent=1))
     return 0

@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
 import time
+
+import torch
+from tqdm import tqdm
+
+from nsa.jobs import runs
+from nsa.jobs.spec import load_spec
+from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
+from nsa.jobs.worker import BEAT_S, recover, run_in_process, run_worker
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -40,42 +50,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(args) -> int:
-    from nsa.jobs.spec import load_spec
-    from nsa.jobs.store import JobStore
-    from nsa.jobs.worker import ensure_worker
-
-    store = JobStore()
-    job_id = store.submit(load_spec(args.spec))
-    print(job_id)
-    job = store.get(job_id)
-    print(f"status: {job.status}", file=sys.stderr)
-    if job.status == "queued" and not args.no_worker:
-        pid = ensure_worker(store)
-        if pid:
-            print(f"started a background worker (pid {pid})", file=sys.stderr)
+    sub = submit(load_spec(args.spec), start_worker=not args.no_worker)
+    print(sub.run_id)
+    print(f"status: {sub.status}" + (" (complete, verified)" if sub.already_done else ""), file=sys.stderr)
+    if sub.problems and sub.problems != ["missing"]:
+        print(f"the old run folder was bad ({sub.problems[0]}): it is recomputed", file=sys.stderr)
+    if sub.worker_pid:
+        print(f"started a background worker (pid {sub.worker_pid})", file=sys.stderr)
     return 0
 
 
 def cmd_run(args) -> int:
-    from nsa.jobs.runs import run_dir
-    from nsa.jobs.spec import load_spec
-    from nsa.jobs.store import JobStore
-
     store = JobStore()
-    job_id = store.submit(load_spec(args.spec), verify=True)  # a corrupted run is recomputed
-    job = store.get(job_id)
-    if job.status == "done":
-        print(f"{job_id}: already computed -> {run_dir(job_id)}")
+    sub = submit(load_spec(args.spec), store, start_worker=False)  # a corrupted run is recomputed
+    job_id = sub.run_id
+    if sub.already_done:
+        print(f"{job_id}: already computed -> {runs.run_dir(job_id)}")
         return 0
-    if store.claim(job_id, os.getpid()):
-        status = _run_here(store, job_id)
-    else:
-        print(f"{job_id} is {job.status} in another process (pid {job.worker_pid}); following it",
-              file=sys.stderr)
+    while True:
+        if store.claim(job_id, os.getpid()):
+            status = _run_here(store, job_id)
+            break
+        job = store.get(job_id)
+        print(f"{job_id} is {job.status} in another process (pid {job.worker_pid}); following it", file=sys.stderr)
         status = _follow(store, job_id)
+        if status != "queued":  # finished over there; "queued" = that process died and its job was re-queued
+            break
     job = store.get(job_id)
     if status == "done":
-        print(f"{job_id}: done -> {run_dir(job_id)}")
+        print(f"{job_id}: done -> {runs.run_dir(job_id)}")
         return 0
     print(f"{job_id}: {job.status}: {job.error or job.message}", file=sys.stderr)
     return 1
@@ -83,11 +86,6 @@ def cmd_run(args) -> int:
 
 def _run_here(store, job_id: str) -> str:
     """Run the claimed job in this process, beating its heartbeat from a thread (loading can be silent)."""
-    import torch
-    from tqdm import tqdm
-
-    from nsa.jobs.worker import BEAT_S, run_in_process
-
     torch.set_num_threads(int(os.environ.get("NSA_JOB_THREADS", torch.get_num_threads())))
     stop = threading.Event()
 
@@ -120,18 +118,18 @@ def _run_here(store, job_id: str) -> str:
 
 
 def _follow(store, job_id: str) -> str:
-    from tqdm import tqdm
-
+    """Follow a job another process runs until it finishes; "queued" when that process died (recovered)."""
     bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}]")
     try:
         while True:
+            recover(store)
             job = store.get(job_id)
             if job is None:
                 return "deleted"
             bar.n = round(100 * job.progress, 1)
             bar.set_description(job.stage or job.status)
             bar.refresh()
-            if job.status not in ("queued", "running"):
+            if job.status != "running":
                 return job.status
             time.sleep(0.5)
     finally:
@@ -139,16 +137,12 @@ def _follow(store, job_id: str) -> str:
 
 
 def cmd_jobs(args) -> int:
-    from nsa.jobs.store import JobStore
-
     store = JobStore()
     if args.show:
         job = store.require(args.show)
         for key, value in job.to_dict().items():
             if key not in ("traceback", "spec"):
                 print(f"{key}: {_fmt(key, value)}")
-        import json
-
         print("spec: " + json.dumps(job.spec, sort_keys=True))
         if job.traceback:
             print(job.traceback)
@@ -171,8 +165,6 @@ def _fmt(key: str, value):
 
 
 def cmd_cancel(args) -> int:
-    from nsa.jobs.store import JobStore
-
     job = JobStore().cancel(args.id)
     print(f"{job.id}: {job.status}" + (" (cancel requested; the worker stops it within seconds)"
                                        if job.status == "running" else ""))
@@ -180,16 +172,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from nsa.jobs.worker import run_worker
-
     n = run_worker(once=args.once, idle_exit_s=args.idle_exit, log=lambda m: print(m, flush=True))
     print(f"worker exiting after {n} job(s)", flush=True)
     return 0
 
 
 def cmd_runs(args) -> int:
-    from nsa.jobs import runs
-
     if args.delete:
         runs.delete_run(args.delete)
         print(f"deleted run {args.delete}")

@@ -1,23 +1,36 @@
 """`python -m nsa prune`: prune a model with calibration from a source or a token file; write masks/stats.
 
-Cheap checks (sparsity, pattern, method, options, paths, nsamples) run before torch/transformers are imported.
+The method, sparsity, pattern and options become one `pruners.PruneConfig`, validated where it is defined;
+an error names the flag (`--sparsity: must be in [0, 1) ...`) before the model loads.
 """
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from nsa.atomic import atomic_dir
+from nsa.calibration import build_calibration
 from nsa.errors import NSAError
+from nsa.models import check_device, load_model, resolve_model_dir
+from pruners import PruneConfig, PruneError, get_method, list_methods, prune
+from pruners.io import save_result
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def flag(field: str | None) -> str | None:
+    """The command-line flag of a config field ("sparsity" -> --sparsity, "options.block_size" -> --block-size)."""
+    if field is None:
+        return None
+    return "--" + field.split(".")[-1].replace("_", "-")
 
 
 def _method_options():
-    """{option name: Option} over all registered methods (first declaration wins for the flag's help)."""
-    from pruners.registry import get_method, list_methods
+    """{option name: (Option, [methods declaring it])} over all registered methods."""
     opts = {}
     for m in list_methods():
         for o in get_method(m).options:
@@ -26,19 +39,20 @@ def _method_options():
 
 
 def add_commands(subparsers) -> None:
-    from pruners.registry import list_methods
-    p = subparsers.add_parser("prune", help="prune a causal LM (magnitude, wanda, sparsegpt, ria, gblm)",
+    p = subparsers.add_parser("prune", help=f"prune a causal LM ({', '.join(list_methods())})",
                               description="Writes OUT/masks.safetensors and OUT/stats.json "
                                           "(+ weights.safetensors, model/).")
-    p.add_argument("--model", required=True, help='model folder, hub id, or "demo"')
+    p.add_argument("--model", required=True, help='model folder, .gguf file, hub id, or "demo"')
     p.add_argument("--method", required=True, help=f"one of {', '.join(list_methods())}")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned, in [0, 1) (default 0.5)")
+    p.add_argument("--sparsity", default=0.5, help="fraction pruned, in [0, 1) (default 0.5)")
     p.add_argument("--pattern", default="unstructured", help='"unstructured" or "N:M" (e.g. 2:4)')
     p.add_argument("--calibration", help="calibration source (see `python -m nsa tasks`), e.g. c4")
     p.add_argument("--calib-tokens", help="safetensors file with key input_ids, int64 [nsamples, seqlen]")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration rows (default 128; with --calib-tokens: all rows)")
-    p.add_argument("--seqlen", type=int, default=None, help="tokens per row (default 2048; with --calib-tokens: the rows' length)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nsamples", type=int, default=None,
+                   help="calibration rows (default 128; with --calib-tokens: all rows)")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per row (default 2048; with --calib-tokens: the rows' length)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available, else cpu)")
     p.add_argument("--calib-device", default=None, help="where calibration activations live (default: --device)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -48,52 +62,64 @@ def add_commands(subparsers) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     g = p.add_argument_group("method options (declared by each method; defaults are the method's own)")
     for name, (opt, methods) in _method_options().items():
-        kind = (lambda v: v.lower() in ("1", "true", "yes", "on")) if opt.type is bool else opt.type
-        g.add_argument(_flag(name), dest=f"opt_{name}", type=kind, default=None, metavar=opt.type.__name__.upper(),
-                       help=f"{opt.help} [{', '.join(methods)}]")
+        g.add_argument(flag(name), dest=f"opt_{name}", default=None, metavar=opt.type.__name__.upper(),
+                       help=f"{opt.help.replace('%', '%%')} [{', '.join(methods)}]")
     p.set_defaults(func=run_prune)
 
 
-def _validate(args) -> tuple:
-    """Everything checkable without torch: returns (method, options)."""
-    from pruners.config import parse_pattern, validate_sparsity
-    from pruners.errors import PruneError
-    from pruners.registry import get_method
+def config_from_args(args) -> PruneConfig:
+    """The PruneConfig of the flags; a bad value is an NSAError naming its flag."""
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
     try:
-        method = get_method(args.method)
-        validate_sparsity(args.sparsity)
-        parse_pattern(args.pattern)
-        given = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not None}
-        declared = {o.name for o in method.options}
-        foreign = [k for k in given if k not in declared]
-        if foreign:
-            raise PruneError(f"method {method.name} has no option(s) {', '.join(_flag(k) for k in foreign)}; "
-                             f"its options: {', '.join(_flag(k) for k in sorted(declared)) or 'none'}")
-        options = method.resolve_options(given)
+        return PruneConfig(method=args.method, sparsity=args.sparsity, pattern=args.pattern, options=given)
     except PruneError as err:
-        raise NSAError(str(err)) from err
-    if args.nsamples is not None and args.nsamples <= 0:
-        raise NSAError(f"--nsamples {args.nsamples}: need at least 1 calibration sample")
-    if args.seqlen is not None and args.seqlen <= 0:
-        raise NSAError(f"--seqlen {args.seqlen}: need at least 1 token per sample")
+        raise NSAError(err.at(flag(err.field))) from None
+
+
+def _validate(args) -> PruneConfig:
+    """Everything checkable before the model loads."""
+    config = config_from_args(args)
+    for name in ("nsamples", "seqlen"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise NSAError(f"--{name} {value}: must be a positive integer")
+    if not 0 <= args.seed < 2**32:
+        raise NSAError(f"--seed {args.seed}: must be in [0, 2^32)")
     if args.calib_tokens and args.calibration:
         raise NSAError("give either --calibration or --calib-tokens, not both")
     if args.calib_tokens and not Path(args.calib_tokens).is_file():
         raise NSAError(f"--calib-tokens {args.calib_tokens} does not exist")
-    if method.needs and not (args.calib_tokens or args.calibration):
-        raise NSAError(f"method {method.name} needs calibration: give --calibration SOURCE or --calib-tokens FILE")
-    from nsa.models import resolve_model_dir
+    if get_method(config.method).needs_calibration and not (args.calib_tokens or args.calibration):
+        raise NSAError(f"method {config.method} needs calibration: give --calibration SOURCE or --calib-tokens FILE")
+    _check_out(Path(args.out))
+    for name in ("device", "calib_device"):
+        if getattr(args, name):
+            try:
+                check_device(getattr(args, name))
+            except NSAError as err:
+                raise NSAError(err.at(flag(name))) from None
     resolve_model_dir(args.model)
-    return method, options
+    return config
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder we can write, checked before the work (not after minutes of pruning)."""
+    if out.exists() and not out.is_dir():
+        raise NSAError(f"--out {out} is a file: give a folder")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not _writable(probe):
+        raise NSAError(f"--out {out}: cannot write under {probe}")
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
 def _load_calib_tokens(path: str, nsamples: int | None, seqlen: int | None):
-    import torch
-    from safetensors.torch import load_file
     try:
         data = load_file(path)
-    except Exception as err:
-        raise NSAError(f"--calib-tokens {path} is not a readable safetensors file: {err}") from err
+    except (SafetensorError, OSError, ValueError) as err:
+        raise NSAError(f"--calib-tokens {path} is not a readable safetensors file: {str(err)[:200]}") from None
     if "input_ids" not in data:
         raise NSAError(f"--calib-tokens {path} has no 'input_ids' tensor (keys: {sorted(data)})")
     ids = data["input_ids"]
@@ -113,31 +139,22 @@ def _load_calib_tokens(path: str, nsamples: int | None, seqlen: int | None):
 
 
 def run_prune(args) -> int:
-    method, options = _validate(args)
-    import torch
-    from tqdm import tqdm
-
-    from nsa.models import load_model
-    from pruners import PruneConfig, prune
-    from pruners.errors import PruneError
-    from pruners.io import save_result
-
+    config = _validate(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(args.model, device=device, dtype=args.dtype,
-                                  trust_remote_code=args.trust_remote_code)
+    model, tokenizer = load_model(args.model, device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     calib = None
     if args.calib_tokens:
         calib = _load_calib_tokens(args.calib_tokens, args.nsamples, args.seqlen)
     elif args.calibration:
-        from nsa.calibration import build_calibration
         if tokenizer is None:
             raise NSAError(f"{args.model} has no tokenizer, so --calibration cannot tokenize text: "
                            "give --calib-tokens FILE with token ids instead")
         calib = build_calibration(args.calibration, tokenizer, args.nsamples or 128, args.seqlen or 2048,
                                   seed=args.seed).input_ids
-    config = PruneConfig(method=method.name, sparsity=args.sparsity, pattern=args.pattern, options=options,
-                         seed=args.seed, device=device, calib_device=args.calib_device)
-    bar = tqdm(total=100, desc=f"prune {method.name}", unit="%", file=sys.stderr)
+    if config.nm is not None and float(args.sparsity) != config.sparsity:
+        print(f"note: pattern {config.pattern} prunes {config.nm[0]} of every {config.nm[1]} weights, so the "
+              f"sparsity is {config.sparsity:g} (--sparsity {args.sparsity} does not apply)", file=sys.stderr)
+    bar = tqdm(total=100, desc=f"prune {config.method}", unit="%", file=sys.stderr)
 
     def progress(event):
         bar.n = round(100 * event.fraction)
@@ -145,13 +162,13 @@ def run_prune(args) -> int:
         bar.refresh()
 
     try:
-        result = prune(model, calib, config, progress=progress)
+        result = prune(model, calib, config, progress=progress, device=device, calib_device=args.calib_device)
     except PruneError as err:
-        raise NSAError(str(err)) from err
+        raise NSAError(err.at(flag(err.field))) from None
     finally:
         bar.close()
     result.stats["model"] = args.model
-    result.stats["calibration"] = {"source": args.calibration, "calib_tokens": args.calib_tokens,
+    result.stats["calibration"] = {"source": args.calibration, "calib_tokens": args.calib_tokens, "seed": args.seed,
                                    "shape": list(calib.shape) if calib is not None else None}
     out = Path(args.out)
     save_weights = args.save_weights
@@ -162,11 +179,10 @@ def run_prune(args) -> int:
         save_weights = True
     paths = save_result(result, out, save_weights=save_weights, model=model)
     if args.save_model:
-        from nsa.atomic import atomic_dir
         with atomic_dir(out / "model") as tmp:
             model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-    print(f"pruned {method.name} {args.pattern} sparsity {result.stats['overall_sparsity']:.4f} "
+    print(f"pruned {config.method} {config.pattern} sparsity {result.stats['overall_sparsity']:.4f} "
           f"in {result.stats['total_time_s']:.2f}s → {', '.join(str(p) for p in paths.values())}")
     return 0

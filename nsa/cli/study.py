@@ -10,6 +10,14 @@ import argparse
 import sys
 import time
 
+import pandas as pd
+from tqdm import tqdm
+
+from nsa.errors import NSAError
+from nsa.study import findings, load_study, runner
+from nsa.study.breakpoint import table_breakpoints
+from nsa.study.results import write_csv
+
 
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser("study", help="run a study (a grid of jobs) or show its results",
@@ -30,9 +38,6 @@ def add_commands(subparsers) -> None:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from nsa.errors import NSAError
-    from nsa.study import load_study
-
     if args.max_runs is not None and args.max_runs < 1:
         raise NSAError(f"--max-runs must be a positive integer, got {args.max_runs}")
     if args.csv and not args.results:
@@ -40,21 +45,16 @@ def run_study_command(args: argparse.Namespace) -> int:
     study = load_study(args.study)
     if args.max_runs is not None:
         study.max_runs = args.max_runs
-    from nsa.study import runner
-
-    plan = runner.plan(study)
+    plan = runner.plan(study, yes=args.yes or args.results or args.dry_run)
     if args.results:
         return _results(plan, args.csv)
     if args.dry_run:
         _print_plan(plan)
         return 0
-    runner.check_plan_size(plan, yes=args.yes)
     return _run(plan, here=args.here, start_worker=not args.no_worker, poll=args.poll)
 
 
 def _print_plan(plan) -> None:
-    from nsa.study import runner
-
     width = max((len(r.run_id) for r in plan.runs), default=6)
     print(f"{'#':>4}  {'run':<{width}}  {'status':<9}  grid point")
     for i, run in enumerate(plan.runs, start=1):
@@ -65,15 +65,11 @@ def _print_plan(plan) -> None:
 
 
 def _run(plan, here: bool, start_worker: bool, poll: float) -> int:
-    from tqdm import tqdm
-
-    from nsa.study import runner
-
     print(runner.plan_summary(plan), file=sys.stderr)
     if not plan.to_run:
         print("every run is finished; see the results with --results", file=sys.stderr)
         return 0
-    runner.submit(plan)
+    runner.submit(plan, start_worker=start_worker and not here)
     reported: set[str] = set()
     bar = tqdm(total=len(plan.runs), desc=f"study {plan.study.name}", unit="run", file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}] {postfix}")
@@ -94,8 +90,6 @@ def _run(plan, here: bool, start_worker: bool, poll: float) -> int:
     try:
         if here:
             runner.run_here(plan, on_event=on_event, on_run=on_run)
-        elif start_worker:
-            runner.ensure_worker()
         while True:  # follow what runs elsewhere (the worker; or another process's share of the study)
             state = runner.progress(plan)
             bar.n = state.done + state.partial
@@ -121,12 +115,6 @@ def _run(plan, here: bool, start_worker: bool, poll: float) -> int:
 
 
 def _results(plan, csv_path: str | None) -> int:
-    import pandas as pd
-
-    from nsa.study import findings, runner
-    from nsa.study.breakpoint import table_breakpoints
-    from nsa.study.results import write_csv
-
     table = runner.study_table(plan)
     print(f"study {plan.study.name}: {len(plan.finished)} of {len(plan.runs)} runs finished, {len(table)} rows")
     if table.empty:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+
 def _hf_text_label(text: str, label: str = "label") -> Callable[[dict], dict]:
     return lambda row: {"text": row[text], "label": int(row[label])}
 

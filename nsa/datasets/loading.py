@@ -16,6 +16,7 @@ from nsa.datasets.hub import HF_NORMALIZERS, LOCAL_FIXUPS
 from nsa.datasets.registry import check_meta, get_task
 from nsa.datasets.spec import TaskSpec
 from nsa.errors import NSAError
+from nsa.hub import ensure_offline_if_unreachable, is_offline
 from nsa.paths import data_dir
 
 
@@ -50,6 +51,12 @@ def local_file(spec: TaskSpec, split: str | None = None) -> Path | None:
     return None
 
 
+def data_file(name: str | TaskSpec) -> Path | None:
+    """The local file a task's evaluation rows come from (None when they come from the hub)."""
+    candidate = local_file(get_task(name))
+    return candidate if candidate is not None and candidate.is_file() else None
+
+
 def _load_rows(spec: TaskSpec, split: str | None, path: str | os.PathLike | None) -> list[dict]:
     tried: list[str] = []
     if path is not None:
@@ -81,8 +88,7 @@ def _local_splits(spec: TaskSpec) -> list[str]:
 
 
 def _load_hub(spec: TaskSpec, tried: list[str]) -> list[dict]:
-    from nsa.offline import is_offline
-
+    ensure_offline_if_unreachable()
     where = f"{spec.hf_id}" + (f" ({spec.hf_config})" if spec.hf_config else "") + f" split {spec.hf_split}"
     try:
         import datasets

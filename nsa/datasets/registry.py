@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nsa.datasets.spec import SENTIMENT_LABELS, SENTIMENT_PROMPT, TaskSpec
 from nsa.errors import NSAError
-from nsa.paths import DEMO_DATA_DIR, data_dir
+from nsa.paths import DEMO_DATA_DIR, cache_dir, data_dir
 
 
 def _sentiment(name: str, hf_id: str, hf_config: str | None, hf_split: str, normalizer: str, split: str,
@@ -98,13 +98,43 @@ CALIBRATION_FILES: dict[str, Path] = {
 }
 
 
+def custom_tasks_file() -> Path:
+    """Custom tasks registered by any process, so job workers and the app resolve the same names."""
+    return cache_dir() / "tasks" / "custom.json"
+
+
+def saved_custom() -> dict:
+    path = custom_tasks_file()
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+
+
+def custom_spec(name: str, path: str, label_names, text_field: str, label_field: str, prompt: str) -> TaskSpec:
+    """The spec of a custom classification task (its rows are checked by `register_custom_task`)."""
+    return TaskSpec(name=name, group="custom", kind="classification", description=f"custom task from {path}",
+                    prompt=prompt, label_names=tuple(label_names), path=path,
+                    field_map=((text_field, "text"), (label_field, "label")))
+
+
+def _load_saved(name: str) -> None:
+    """Register a task saved by another process (no-op when unknown or its file is gone)."""
+    entry = saved_custom().get(name)
+    if isinstance(entry, dict) and Path(str(entry.get("path", ""))).is_file():
+        try:
+            _TASKS[name] = custom_spec(name, **entry)
+        except TypeError:
+            pass  # an entry written by another version: the name stays unknown
+
+
 def list_tasks(group: str | None = None, kind: str | None = None) -> list[str]:
     """Registered task names (built-in, demo and custom), optionally filtered by group / kind."""
-    from nsa.datasets.custom import load_saved_custom, saved_custom
-
     for saved in saved_custom():
         if saved not in _TASKS:
-            load_saved_custom(saved)
+            _load_saved(saved)
     return [n for n, s in _TASKS.items() if (group is None or s.group == group) and (kind is None or s.kind == kind)]
 
 
@@ -112,14 +142,14 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     """The task's spec; an unknown name raises `NSAError` listing the registered ones."""
     if isinstance(name, TaskSpec):
         return name
+    if not isinstance(name, str):
+        raise NSAError(f"a task name must be text, got {name!r}")
     if name not in _TASKS:
-        from nsa.datasets.custom import load_saved_custom
-
-        load_saved_custom(name)
+        _load_saved(name)
     try:
         return _TASKS[name]
     except KeyError:
-        raise NSAError(f"unknown dataset/task {name!r}; known: {', '.join(_TASKS)} "
+        raise NSAError(f"unknown dataset/task {name[:80]!r}; known: {', '.join(_TASKS)} "
                        "(or register a CSV/JSONL file with register_custom_task)") from None
 
 

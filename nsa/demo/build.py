@@ -9,8 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nsa.atomic import sha256_file
-from nsa.demo.train import ModelShape, TrainConfig
+from nsa.artifacts import sha256_file
+from nsa.atomic import atomic_dir, write_jsonl, write_text
+from nsa.demo.corpus import demo_data, facts_test, training_documents
+from nsa.demo.score import sentiment_accuracy
+from nsa.demo.tokenizer import train_tokenizer
+from nsa.demo.train import ModelShape, TrainConfig, build_model, pack, train
+from nsa.errors import NSAError
 
 DATA_FILES = ("reviews_test", "unseen_test", "generic_calib", "reviews_calib", "facts_test")
 
@@ -39,9 +44,6 @@ def write_data(data_dir: Path, cfg: BuildConfig) -> dict[str, str]:
     --data-only` can add a data file (e.g. facts_test, task demo-facts) without retraining; the existing
     files come out byte-identical.
     """
-    from nsa.atomic import write_jsonl
-    from nsa.demo.corpus import demo_data, facts_test
-
     data = demo_data(cfg.seed, negation=cfg.test_negation)
     rows = {**{n: getattr(data, n) for n in DATA_FILES if n != "facts_test"}, "facts_test": facts_test(cfg.seed)}
     for name in DATA_FILES:
@@ -54,9 +56,6 @@ def build_data_only(model_dir: Path, data_dir: Path, cfg: BuildConfig) -> dict:
 
     Refuses when the model was built with another seed or test negation share (its held-out reviews would
     not be the ones written)."""
-    from nsa.atomic import write_text
-    from nsa.errors import NSAError
-
     path = model_dir / "build_info.json"
     if not path.is_file():
         raise NSAError(f"{path} is missing: --data-only needs a built model; run `python -m nsa demo build`")
@@ -75,11 +74,6 @@ def build(model_dir: Path, data_dir: Path, cfg: BuildConfig,
     """Build everything; returns the build info (also written to model_dir/build_info.json)."""
     import torch
 
-    from nsa.atomic import atomic_dir
-    from nsa.demo.corpus import demo_data, training_documents
-    from nsa.demo.score import sentiment_accuracy
-    from nsa.demo.tokenizer import train_tokenizer
-    from nsa.demo.train import build_model, pack, train
 
     for name in ("negation", "test_negation"):
         if not 0 <= getattr(cfg, name) <= 0.6:

@@ -1,42 +1,48 @@
-"""Job specs: what one run computes, parsed from YAML or a dict, validated, normalised and hashed.
+"""Job specs: what one run computes. Parsed from YAML or a mapping, validated once, normalised and hashed.
 
 ```yaml
-model: demo                        # "demo", a local folder or a hub id
+model: demo                        # "demo", a local folder, a .gguf file, or a hub id
 device: cpu                        # where the job runs (not part of the run id)
 dtype: float32                     # float32 | float16 | bfloat16
-prune: {method: wanda, sparsity: 0.5, pattern: unstructured, options: {}}
+prune: {method: wanda, sparsity: 0.5, pattern: unstructured, options: {}}       # a pruners.PruneConfig
 calibration: {source: demo-generic, nsamples: 32, seqlen: 128, seed: 0}   # optional `path:` for a file
 evaluate: {tasks: [demo-reviews], limit: 200}                              # optional section
-nsa: {task: demo-reviews, words: learned, limit: 100}                     # optional section
+nsa: {task: demo-reviews, words: learned, options: {}}                    # optional: an nsa.attribution.NSAConfig
 ```
 
-Unknown keys and bad values raise `NSAError` naming the key's path (`prune.sparsity: ...`). The run id is
-the first 16 hex digits of the sha256 of the normalised spec (canonical JSON, without `device`) and, for the demo
-and local folders, of the model files' content hash (`nsa.models.model_key`, cached per process by sizes and
-modification times; about 10 s once for a 7B folder), so the same experiment asked twice —
-from the CLI, the app or a study — is one run, and a model retrained in the same folder is a new one.
+The `prune:` section is a `pruners.PruneConfig` and `nsa:` an `NSAConfig`, each validated where it is defined;
+this module only names the section in the message (`prune.sparsity: must be in [0, 1) ...`). NSA evaluates its
+task on the same example set as `evaluate:` (one evaluation per task and example set per run), so `nsa.limit`
+is the evaluation's limit when the task is evaluated too.
+
+The run id is the first 16 hex digits of the digest of the normalised spec (without `device`) and of the
+content of every local input: the model's files, local data files of the tasks, a word list, a calibration
+file (`inputs_key`). The same experiment asked twice — from the CLI, the app or a study — is one run, and an
+edited input is a new one. A spec read back from the store or a run folder is trusted (`JobSpec.stored`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from nsa import datasets as D
+from nsa.artifacts import digest, sha256_file
+from nsa.attribution import NSAConfig
+from nsa.calibration import list_calibration_sources, source_file
 from nsa.errors import NSAError
+from nsa.models import check_model_name, local_model_key
+from pruners import PruneConfig, PruneError, get_method
 
 DTYPES = ("float32", "float16", "bfloat16")
 ID_LENGTH = 16
 NOT_IN_ID = ("device",)  # where a job runs does not change what it computes
-
-
-@dataclass(frozen=True)
-class PruneSpec:
-    method: str
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-    options: dict = field(default_factory=dict)
+DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+MAX_SPEC_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -55,203 +61,184 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
-class NSASpec:
-    task: str
-    words: str = "learned"
-    limit: int | None = None
-    options: dict = field(default_factory=dict)  # every `nsa.attribution.NSA_OPTIONS` entry, defaults filled
-
-
-@dataclass(frozen=True)
 class JobSpec:
-    """A normalised job: build with `parse_spec` (never by hand: it validates and normalises)."""
+    """A normalised job: build it with `parse_spec` (validates) or `JobSpec.stored` (trusted read-back)."""
 
     model: str
-    prune: PruneSpec
+    prune: PruneConfig
     calibration: CalibrationSpec | None = None
     evaluate: EvaluateSpec | None = None
-    nsa: NSASpec | None = None
+    nsa: NSAConfig | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
     def to_dict(self) -> dict:
-        """The normalised spec as plain JSON data (what `spec.json` holds and the app writes)."""
-        out = asdict(self)
-        if out["evaluate"] is not None:
-            out["evaluate"]["tasks"] = list(out["evaluate"]["tasks"])
+        """The normalised spec as plain JSON data (what `spec.json` and the store hold)."""
+        return {"model": self.model, "prune": self.prune.to_dict(),
+                "calibration": None if self.calibration is None else _plain(self.calibration),
+                "evaluate": None if self.evaluate is None else {"tasks": list(self.evaluate.tasks),
+                                                                 "limit": self.evaluate.limit},
+                "nsa": None if self.nsa is None else self.nsa.to_dict(),
+                "device": self.device, "dtype": self.dtype}
+
+    @cached_property
+    def id(self) -> str:
+        keyed = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_ID}
+        return digest([keyed, inputs_key(self)], ID_LENGTH)
+
+    def eval_sets(self) -> dict[str, int | None]:
+        """{task: limit}: the example sets this run evaluates (NSA's task included, on its own set)."""
+        out = {t: self.evaluate.limit for t in self.evaluate.tasks} if self.evaluate else {}
+        if self.nsa is not None and self.nsa.task not in out:
+            out[self.nsa.task] = self.nsa.limit
         return out
 
-    @property
-    def id(self) -> str:
-        return spec_id(self.to_dict(), model_fingerprint(self.model))
+    @classmethod
+    def stored(cls, data: dict) -> "JobSpec":
+        """A spec this project wrote itself (store row, spec.json): rebuilt without re-checking files or tasks."""
+        cal, ev, nsa = data.get("calibration"), data.get("evaluate"), data.get("nsa")
+        return cls(model=data["model"], prune=PruneConfig.from_dict(data["prune"]),
+                   calibration=None if cal is None else CalibrationSpec(**cal),
+                   evaluate=None if ev is None else EvaluateSpec(tuple(ev["tasks"]), ev.get("limit")),
+                   nsa=None if nsa is None else NSAConfig.stored(nsa),
+                   device=data.get("device", "cpu"), dtype=data.get("dtype", "float32"))
 
 
-def model_fingerprint(model: str) -> str | None:
-    """The model files' content hash (`nsa.models.model_key`) for the demo and local folders, so a model
-    retrained in the same folder makes new runs instead of showing the old ones. Hub ids are keyed by name
-    (None): their cached snapshot is what runs."""
-    from nsa.models import looks_local, model_key
+def inputs_key(spec: JobSpec) -> dict:
+    """Content hashes of the spec's local inputs (hub ids are keyed by name: their cached snapshot runs)."""
+    out: dict[str, Any] = {"model": local_model_key(spec.model)}
+    data = {name: _file_hash(D.data_file(name)) for name in spec.eval_sets()}
+    out["data"] = {k: v for k, v in data.items() if v is not None}
+    if spec.nsa is not None and spec.nsa.words not in ("learned", "gradient"):
+        out["words"] = _file_hash(Path(spec.nsa.words))
+    if spec.calibration is not None:
+        out["calibration"] = _file_hash(Path(spec.calibration.path) if spec.calibration.path
+                                        else source_file(spec.calibration.source))
+    return out
 
-    if model != "demo" and not looks_local(model):
-        return None
-    try:
-        return model_key(model)
-    except NSAError:
-        return None  # a missing folder is reported when the job loads it
 
-
-def spec_id(normalised: dict, model_files: str | None = None) -> str:
-    """Hash of the normalised spec without the fields that do not change results (`NOT_IN_ID`), plus the
-    model files' key when there is one."""
-    keyed = {k: v for k, v in normalised.items() if k not in NOT_IN_ID}
-    if model_files is not None:
-        keyed["model_files"] = model_files
-    text = json.dumps(keyed, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+def _file_hash(path: Path | None) -> str | None:
+    return sha256_file(path) if path is not None and path.is_file() else None
 
 
 # --- parsing ------------------------------------------------------------------------------------------------
 def load_spec(path: str | Path) -> JobSpec:
-    """Parse a YAML (or JSON) spec file; a missing or unparsable file is an `NSAError`."""
-    import yaml
-
+    """Parse a YAML (or JSON) spec file; a missing or unparsable file is an `NSAError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise NSAError(f"spec file not found: {path} (pass a YAML file such as examples/demo.yaml)")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise NSAError(f"{path} is {path.stat().st_size} bytes: a job spec is a few lines of YAML")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise NSAError(f"{path} is not valid YAML: {err}") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise NSAError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
     try:
-        return parse_spec(data)
+        return parse_spec(safe_yaml(text, str(path)))
     except NSAError as err:
         raise NSAError(f"{path}: {err}") from None
 
 
+def safe_yaml(text: str, source: str = "<spec>") -> Any:
+    """YAML with the dangers refused: tags that build objects (safe_load), duplicate keys, and documents whose
+    aliases expand far beyond the text (an alias bomb)."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise NSAError(f"{source} is not valid YAML: {_cap(str(err))}") from None
+    if node is None:
+        return None
+    _check_node(node, source, budget=[max(10_000, 20 * len(text))])
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise NSAError(f"{source} is not valid YAML: {_cap(str(err))}") from None
+
+
+def _check_node(node, source: str, budget: list[int], seen_depth: int = 0) -> None:
+    """Walk the composed document counting every node as expanded (aliases re-count their target); refuse
+    duplicate keys and documents larger than the budget."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise NSAError(f"{source}: the document expands to far more data than its text (YAML aliases): refused")
+    if seen_depth > 100:
+        raise NSAError(f"{source}: nested more than 100 levels deep")
+    if isinstance(node, yaml.MappingNode):
+        keys = set()
+        for k, v in node.value:
+            key = getattr(k, "value", None)
+            if isinstance(key, str) and key in keys:
+                raise NSAError(f"{source} line {k.start_mark.line + 1}: key {key!r} appears twice")
+            keys.add(key)
+            _check_node(k, source, budget, seen_depth + 1)
+            _check_node(v, source, budget, seen_depth + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _check_node(v, source, budget, seen_depth + 1)
+
+
 def parse_spec(data: Any) -> JobSpec:
-    """Validate and normalise a spec mapping (a dict, e.g. from YAML or the app) into a `JobSpec`."""
+    """Validate and normalise a spec mapping (from YAML, the app or a study) into a `JobSpec`."""
     if isinstance(data, JobSpec):
         return data
     top = _mapping(data, "spec", {"model", "prune", "calibration", "evaluate", "nsa", "device", "dtype"})
     for required in ("model", "prune"):
         if top.get(required) is None:
             raise NSAError(f"{required}: missing (every spec needs `model:` and `prune:`)")
-    model = _text(top["model"], "model")
-    if Path(model).expanduser().exists() and model != "demo":
-        model = str(Path(model).expanduser().resolve())
-    prune = _prune(top["prune"])
-    calibration = _calibration(top.get("calibration"), prune)
+    model = check_model_name(_text(top["model"], "model"))
+    prune = _section(lambda: PruneConfig.from_dict(top["prune"]), "prune")
+    calibration = _calibration(top.get("calibration")) if _needs_calibration(prune) else None
     evaluate = _evaluate(top.get("evaluate"))
-    nsa = _nsa(top.get("nsa"))
+    nsa = None if top.get("nsa") is None else _section(lambda: NSAConfig.from_dict(top["nsa"]), "nsa")
+    if nsa is not None and evaluate is not None and nsa.task in evaluate.tasks:
+        nsa = _same_examples(nsa, evaluate, "limit" in top["nsa"])
     device = _text(top.get("device", "cpu"), "device")
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") or device == "mps"):
-        raise NSAError(f"device: expected cpu, cuda, cuda:N or mps, got {device!r}")
+    if not DEVICE_RE.match(device):
+        raise NSAError(f"device: expected cpu, cuda, cuda:N or mps, got {_cap(repr(device))}")
     dtype = _choice(top.get("dtype", "float32"), "dtype", DTYPES)
     return JobSpec(model=model, prune=prune, calibration=calibration, evaluate=evaluate, nsa=nsa,
                    device=device, dtype=dtype)
 
 
-def _prune(value: Any) -> PruneSpec:
-    sec = _mapping(value, "prune", {"method", "sparsity", "pattern", "options"})
-    if sec.get("method") is None:
-        raise NSAError("prune.method: missing (e.g. magnitude, wanda, sparsegpt)")
-    method = _text(sec["method"], "prune.method").lower()
-    sparsity = _number(sec.get("sparsity", 0.5), "prune.sparsity")
-    if not 0.0 <= sparsity < 1.0:
-        raise NSAError(f"prune.sparsity: must be in [0, 1), got {sparsity}")
-    pattern = _pattern(sec.get("pattern", "unstructured"))
-    options = sec.get("options") or {}
-    if not isinstance(options, dict):
-        raise NSAError(f"prune.options: expected a mapping of method options, got {options!r}")
-    options = _method_options(method, dict(options))
-    return PruneSpec(method=method, sparsity=sparsity, pattern=pattern, options=options)
-
-
-def _pattern(value: Any) -> str:
-    text = _text(value, "prune.pattern").lower().replace(" ", "")
-    if text == "unstructured":
-        return text
-    parts = text.split(":")
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
-        n, m = int(parts[0]), int(parts[1])
-        if 0 < n < m:
-            return f"{n}:{m}"
-    raise NSAError(f"prune.pattern: expected 'unstructured' or 'N:M' with 0 < N < M (e.g. 2:4), got {value!r}")
-
-
-def _method_options(method: str, options: dict) -> dict:
-    """Check the method and its options against `pruners.registry` (defaults filled in, so the id is stable)."""
-    entry = _registry_method(method)
-    if entry is None:  # the engine's registry cannot be loaded here: keep the options as given
-        return dict(sorted(options.items()))
-    from pruners.errors import PruneError
-
-    declared = {opt.name: opt for opt in entry.options}
-    unknown = sorted(set(options) - set(declared))
-    if unknown:
-        known = ", ".join(sorted(declared)) or "none"
-        raise NSAError(f"prune.options.{unknown[0]}: unknown option for {method} (its options: {known})")
-    out = {}
-    for name, opt in sorted(declared.items()):
-        if name not in options:
-            out[name] = opt.default
-            continue
-        if isinstance(options[name], (dict, list)) or options[name] is None:
-            raise NSAError(f"prune.options.{name}: expected a single value, got {options[name]!r}")
-        try:
-            out[name] = opt.validate(options[name])
-        except PruneError as err:
-            raise NSAError(f"prune.options.{name}: {err}") from None
-    return out
-
-
-def _registry_method(method: str):
-    """The registry's entry for `method` (unknown → NSAError listing the methods); None without a registry."""
+def _section(build, name: str):
+    """Build a section's config object, naming the section in its error."""
     try:
-        from pruners import registry
-
-        registry.list_methods()
-    except ImportError:
-        return None
-    from pruners.errors import PruneError
-
-    try:
-        return registry.get_method(method)
+        return build()
     except PruneError as err:
-        raise NSAError(f"prune.method: {err}") from None
+        raise NSAError(err.at(f"{name}.{err.field}" if err.field else name)) from None
+    except NSAError as err:
+        raise NSAError(err.at(f"{name}.{err.field}" if err.field else name)) from None
 
 
-def _calibration(value: Any, prune: PruneSpec) -> CalibrationSpec | None:
-    if _needs_nothing(prune.method):
-        return None  # magnitude pruning reads no data: calibration settings do not change the run
-    sec = _mapping(value if value is not None else {}, "calibration",
-                   {"source", "nsamples", "seqlen", "seed", "path"})
+def _same_examples(nsa: NSAConfig, evaluate: EvaluateSpec, limit_given: bool) -> NSAConfig:
+    """NSA reads the evaluation's records of its task: one example set per task, so one limit."""
+    if limit_given and nsa.limit != evaluate.limit:
+        raise NSAError(f"nsa.limit: {nsa.limit} differs from evaluate.limit {evaluate.limit} for task "
+                       f"{nsa.task}: one run evaluates a task on one example set, shared by NSA; drop nsa.limit "
+                       "or set both to the same value")
+    return nsa.with_limit(evaluate.limit)
+
+
+def _needs_calibration(prune: PruneConfig) -> bool:
+    """Magnitude pruning reads no data: calibration settings do not change its runs."""
+    return get_method(prune.method).needs_calibration
+
+
+def _calibration(value: Any) -> CalibrationSpec:
+    sec = _mapping(value if value is not None else {}, "calibration", {"source", "nsamples", "seqlen", "seed", "path"})
     path = sec.get("path")
     if path is not None:
         path = str(Path(_text(path, "calibration.path")).expanduser().resolve())
         if not Path(path).is_file():
             raise NSAError(f"calibration.path: file not found: {path}")
     source = _text(sec.get("source", "c4"), "calibration.source")
-    if path is None:
-        from nsa.calibration import list_calibration_sources
-
-        known = list_calibration_sources()
-        if source not in known:
-            raise NSAError(f"calibration.source: unknown source {source!r}; known: {', '.join(known)} "
-                           "(or give a file with calibration.path)")
+    if path is None and source not in list_calibration_sources():
+        raise NSAError(f"calibration.source: unknown source {source!r}; known: "
+                       f"{', '.join(list_calibration_sources())} (or give a file with calibration.path)")
     return CalibrationSpec(source=source,
                            nsamples=_positive(sec.get("nsamples", 128), "calibration.nsamples"),
                            seqlen=_positive(sec.get("seqlen", 2048), "calibration.seqlen"),
-                           seed=_integer(sec.get("seed", 0), "calibration.seed"), path=path)
-
-
-def _needs_nothing(method: str) -> bool:
-    """True when the registry declares that `method` needs no calibration data (magnitude)."""
-    try:
-        entry = _registry_method(method)
-    except NSAError:
-        return False  # reported by the method check
-    return method == "magnitude" if entry is None else not entry.needs
+                           seed=_seed(sec.get("seed", 0), "calibration.seed"), path=path)
 
 
 def _evaluate(value: Any) -> EvaluateSpec | None:
@@ -262,79 +249,54 @@ def _evaluate(value: Any) -> EvaluateSpec | None:
     if isinstance(tasks, str):
         tasks = [tasks]
     if not isinstance(tasks, list) or not tasks:
-        raise NSAError(f"evaluate.tasks: expected a non-empty list of task names, got {tasks!r}")
+        raise NSAError(f"evaluate.tasks: expected a non-empty list of task names, got {_cap(repr(tasks))}")
     names = [_text(t, f"evaluate.tasks[{i}]") for i, t in enumerate(tasks)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise NSAError(f"evaluate.tasks: {dupes[0]} listed twice")
     for i, name in enumerate(names):
-        _check_task(name, f"evaluate.tasks[{i}]")
+        try:
+            D.get_task(name)
+        except NSAError as err:
+            raise NSAError(f"evaluate.tasks[{i}]: {err}") from None
     return EvaluateSpec(tasks=tuple(sorted(names)), limit=_limit(sec.get("limit"), "evaluate.limit"))
 
 
-def _nsa(value: Any) -> NSASpec | None:
-    if value is None:
-        return None
-    sec = _mapping(value, "nsa", {"task", "words", "limit", "options"})
-    if sec.get("task") is None:
-        raise NSAError("nsa.task: missing (the labelled classification task to attribute, e.g. demo-reviews)")
-    task = _text(sec["task"], "nsa.task")
-    _check_task(task, "nsa.task")
-    words = _text(sec.get("words", "learned"), "nsa.words")
-    if words not in ("learned", "gradient"):
-        if not Path(words).expanduser().is_file():
-            raise NSAError(f"nsa.words: expected learned, gradient or a word file, got {words!r} (no such file)")
-        words = str(Path(words).expanduser().resolve())
-    from nsa.attribution import check_nsa_options
-
-    options = sec.get("options") or {}
-    if not isinstance(options, dict):
-        raise NSAError(f"nsa.options: expected a mapping of NSA options, got {options!r}")
-    return NSASpec(task=task, words=words, limit=_limit(sec.get("limit"), "nsa.limit"),
-                   options=check_nsa_options(options))
-
-
-def _check_task(name: str, where: str) -> None:
-    from nsa import datasets as D
-
-    try:
-        D.get_task(name)
-    except NSAError as err:
-        raise NSAError(f"{where}: {err}") from None
-
-
 # --- small validators ---------------------------------------------------------------------------------------
+def _cap(text: str, limit: int = 120) -> str:
+    """An error never quotes a huge value whole."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _plain(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
 def _mapping(value: Any, where: str, allowed: set[str]) -> dict:
     if not isinstance(value, dict):
-        raise NSAError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        raise NSAError(f"{where}: expected a mapping, got {type(value).__name__} {_cap(repr(value))}")
     for key in value:
         if key not in allowed:
             path = key if where == "spec" else f"{where}.{key}"
-            raise NSAError(f"{path}: unknown key (allowed here: {', '.join(sorted(allowed))})")
+            raise NSAError(f"{_cap(str(path))}: unknown key (allowed here: {', '.join(sorted(allowed))})")
     return value
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise NSAError(f"{where}: expected a non-empty string, got {value!r}")
+        raise NSAError(f"{where}: expected a non-empty string, got {_cap(repr(value))}")
     return value.strip()
 
 
 def _choice(value: Any, where: str, choices: tuple) -> str:
     if value not in choices:
-        raise NSAError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
+        raise NSAError(f"{where}: expected one of {', '.join(choices)}, got {_cap(repr(value))}")
     return value
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise NSAError(f"{where}: expected a number, got {value!r}")
-    return float(value)
 
 
 def _integer(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise NSAError(f"{where}: expected an integer, got {value!r}")
+        raise NSAError(f"{where}: expected an integer, got {_cap(repr(value))}")
     return value
 
 
@@ -345,10 +307,12 @@ def _positive(value: Any, where: str) -> int:
     return value
 
 
+def _seed(value: Any, where: str) -> int:
+    value = _integer(value, where)
+    if not 0 <= value < 2**32:
+        raise NSAError(f"{where}: must be in [0, 2^32) (Python's and numpy's seed range), got {_cap(str(value))}")
+    return value
+
+
 def _limit(value: Any, where: str) -> int | None:
     return None if value is None else _positive(value, where)
-
-
-def from_dict(data: dict) -> JobSpec:
-    """Rebuild a `JobSpec` from its `to_dict()` form (spec.json, the store), re-validating it."""
-    return parse_spec(data)

@@ -1,10 +1,10 @@
 """The job store: one SQLite file (WAL mode) shared by the app, the CLI, studies and workers.
 
 Each row is one job (= one run; the id is the spec's hash, see `nsa.jobs.spec`). Status moves
-queued → running → done | failed | cancelled. Submitting a spec that is already queued, running or done
-(and whose run folder verifies) returns its id and changes nothing: `INSERT OR IGNORE` on the id makes two
-processes submitting at once one job. A failed or cancelled job, or a done job whose artifacts went missing or
-corrupt, is queued again by a new submit.
+queued → running → done | failed | cancelled. The store is only the queue: `nsa.jobs.submit.submit` decides
+whether a run is already complete; `enqueue` of a job that is queued or running changes nothing
+(`INSERT OR IGNORE` on the id makes two processes submitting at once one job), and a finished one is queued
+again.
 
 Every connection is short-lived (open, one transaction, close) so the store can be used from any process
 or thread; writers wait up to `BUSY_TIMEOUT_S` for the lock instead of failing.
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from nsa.errors import NSAError
+from nsa.jobs.spec import JobSpec
+from nsa.paths import cache_dir
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
@@ -88,8 +90,6 @@ class Job:
 
 
 def default_path() -> Path:
-    from nsa.paths import cache_dir
-
     return cache_dir() / "jobs.sqlite"
 
 
@@ -140,28 +140,27 @@ class JobStore:
             db.execute("COMMIT")
 
     # --- submitting and reading ---------------------------------------------------------------------------
-    def submit(self, spec: Any, verify: bool = False) -> str:
-        """Queue `spec` (a mapping, a YAML-parsed dict or a `JobSpec`); returns its run id.
-
-        Already queued/running/done → the same id, nothing changes; but a done job whose run folder is gone
-        or incomplete (sizes; `verify=True` also re-hashes every artifact) is queued again, to be repaired.
-        Failed or cancelled → queued again.
-        """
-        from nsa.jobs.spec import parse_spec
-
-        job = parse_spec(spec)
-        job_id, text = job.id, json.dumps(job.to_dict(), sort_keys=True)
+    def enqueue(self, spec: JobSpec) -> str:
+        """Queue `spec` unless it is queued or running; a finished (done, failed, cancelled) job is queued again.
+        Returns its id."""
+        job_id, text = spec.id, json.dumps(spec.to_dict(), sort_keys=True)
         now = time.time()
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO jobs (id, spec, created) VALUES (?, ?, ?)", (job_id, text, now))
             status = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"]
-            if status in ("failed", "cancelled"):
+            if status not in ACTIVE:
                 self._requeue_finished(db, job_id, now)
-        if status == "done" and not _run_is_complete(job_id, verify):  # hashing outside the write lock
-            with self._transaction() as db:
-                if db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()["status"] == "done":
-                    self._requeue_finished(db, job_id, now)
         return job_id
+
+    def record_done(self, spec: JobSpec, message: str) -> None:
+        """A run found complete on disk: its job row says done (created when missing; an active one is left)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO jobs (id, spec, created, status, progress, finished, message) "
+                       "VALUES (?, ?, ?, 'done', 1, ?, ?)", (spec.id, json.dumps(spec.to_dict(), sort_keys=True),
+                                                            now, now, message))
+            db.execute("UPDATE jobs SET status='done', progress=1, message=? WHERE id=? AND status IN "
+                       "('failed', 'cancelled')", (message, spec.id))
 
     @staticmethod
     def _requeue_finished(db: sqlite3.Connection, job_id: str, now: float) -> None:
@@ -296,9 +295,3 @@ def _host() -> str:
     import socket
 
     return socket.gethostname()
-
-
-def _run_is_complete(job_id: str, deep: bool) -> bool:
-    from nsa.jobs.runs import verify_run
-
-    return not verify_run(job_id, deep=deep)

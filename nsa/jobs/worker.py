@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Callable
 
 from nsa.errors import NSAError
+from nsa.jobs.pipeline import run_job
+from nsa.jobs.runs import clean_partial
+from nsa.jobs.spec import JobSpec
 from nsa.jobs.store import Job, JobStore
+from nsa.paths import PROJECT_ROOT, cache_dir
+from pruners.errors import PruneError
 
 # imported once by the forkserver that forks every job's process (failed imports are skipped by Python)
 PRELOAD = ["torch", "transformers", "lm_eval.evaluator", "lm_eval.models.huggingface", "lm_eval.tasks",
@@ -45,8 +50,6 @@ HOST_OOM_HINT = ("out of host memory during stage {stage!r}: lower calibration.n
 
 
 def lock_path() -> Path:
-    from nsa.paths import cache_dir
-
     return cache_dir() / "worker.lock"
 
 
@@ -92,7 +95,6 @@ def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> 
     recover(store)
     if store.count("queued") == 0 or worker_running():
         return None
-    from nsa.paths import PROJECT_ROOT, cache_dir
 
     log = cache_dir() / "logs" / "worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -124,8 +126,6 @@ def _pid_alive(pid: int | None) -> bool:
 
 def recover(store: JobStore, stale_s: float | None = None, me: int | None = None) -> list[str]:
     """Re-queue (once) or fail running jobs whose worker died; returns the ids recovered."""
-    from nsa.jobs.runs import clean_partial
-
     stale_s = STALE_S if stale_s is None else stale_s
     now, out = time.time(), []
     workers = {w["pid"]: w for w in store.workers()}
@@ -198,7 +198,6 @@ def _supervise(store: JobStore, job: Job, pid: int, stopping: dict) -> str:
     """Run `job` in a forked child, beating its heartbeat and honouring cancel; returns its final status."""
     import multiprocessing as mp
 
-    from nsa.jobs.runs import clean_partial
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
@@ -267,13 +266,10 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
     `also` receives every progress event too (the CLI's bar). `child=True`: this is a worker's child,
     which stops when its worker dies.
     """
-    from nsa.jobs.pipeline import run_job
-    from pruners.errors import PruneError
-
     stage = {"name": "starting"}
     writer = _ProgressWriter(store, job.id, stage, also=also, watch_parent=child)
     try:
-        folder = run_job(job.spec, progress=writer, run_id=job.id)
+        folder = run_job(JobSpec.stored(job.spec), progress=writer, run_id=job.id)
     except (NSAError, PruneError) as err:
         store.finish(job.id, "failed", message=f"failed during {stage['name']}: {err}", error=str(err),
                      traceback=tb.format_exc())
@@ -298,7 +294,6 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
 
 class _ProgressWriter:
     """Progress callback writing to the store (stage changes at once, else at most every 0.2 s)."""
-
     def __init__(self, store: JobStore, job_id: str, stage: dict, every_s: float = 0.2,
                  also: Callable | None = None, watch_parent: bool = True):
         self.store, self.job_id, self.stage, self.every_s = store, job_id, stage, every_s

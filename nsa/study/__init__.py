@@ -6,7 +6,6 @@
 - `nsa.study.results`: one table, run × task (accuracy, dense accuracy, drop, intervals), CSV export.
 - `nsa.study.breakpoint`: the sharp dropping point per sparsity curve (two-segment piecewise-linear fit).
 - `nsa.study.findings`: the paper's two findings as numbers (calibration set matters; sentiment suffers most).
-- `nsa.study.figures`: the Study page's plotly figures.
 """
 from nsa.study.spec import DEFAULT_MAX_RUNS, StudySpec, dump_study, load_study, parse_study
 

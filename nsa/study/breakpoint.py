@@ -1,7 +1,6 @@
 """The sharp dropping point of an accuracy-vs-sparsity curve, with an interval over seeds.
 
 Method (continuous two-segment piecewise-linear regression, a.k.a. hinge or segmented regression):
-
     acc(s) = a + b * s + c * max(0, s - t)
 
 For a fixed breakpoint `t` the model is linear in (a, b, c) and solved by least squares; `t` is chosen to
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from nsa.errors import NSAError
+from nsa.study.results import GRID_COLUMNS
 
 GRID_POINTS = 400  # candidate breakpoints per fit (the curve's range / 400 resolution)
 
@@ -30,7 +30,6 @@ GRID_POINTS = 400  # candidate breakpoints per fit (the curve's range / 400 reso
 @dataclass
 class BreakpointFit:
     """One curve's two-segment fit."""
-
     breakpoint: float  # sparsity where the slope changes
     slope_left: float  # accuracy per unit sparsity before the breakpoint
     slope_right: float  # ... after it
@@ -54,7 +53,6 @@ class BreakpointFit:
 @dataclass
 class SeedBreakpoint:
     """A curve's breakpoint over seeds: the seed-mean curve's fit and the interval of the per-seed fits."""
-
     breakpoint: float
     ci95: tuple[float, float] | None
     per_seed: list[float]
@@ -130,7 +128,6 @@ def table_breakpoints(table, value: str = "accuracy", min_side: int = 2):
     """
     import pandas as pd
 
-    from nsa.study.results import GRID_COLUMNS
 
     keys = [c for c in GRID_COLUMNS if c not in ("sparsity", "seed")] + ["task"]
     rows = []

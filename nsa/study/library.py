@@ -7,7 +7,7 @@ from pathlib import Path
 from nsa.atomic import write_text
 from nsa.errors import NSAError
 from nsa.paths import PROJECT_ROOT, cache_dir
-from nsa.study.spec import StudySpec, dump_study, load_study, parse_study
+from nsa.study.spec import DEFAULT_MAX_RUNS, StudySpec, dump_study, load_study, parse_study
 
 SHIPPED_DIR = PROJECT_ROOT / "studies"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -54,8 +54,6 @@ def save_study(study: StudySpec) -> Path:
 def make_study(name: str, base: dict, axes: dict[str, list], max_runs: int | None = None,
                description: str = "") -> StudySpec:
     """A study from the app's form values, validated exactly as a file would be (round trip through YAML)."""
-    from nsa.study.spec import DEFAULT_MAX_RUNS
-
     draft = StudySpec(base=base, axes=axes, name=name or "study", description=description,
                       max_runs=max_runs or DEFAULT_MAX_RUNS)
     return parse_study(dump_study(draft), source=f"study {name!r}")

@@ -15,6 +15,7 @@ from typing import Iterable
 import pandas as pd
 
 from nsa.atomic import write_text
+from nsa.datasets import get_task
 from nsa.errors import NSAError
 
 GRID_COLUMNS = ["model", "method", "pattern", "sparsity", "source", "nsamples", "seqlen", "seed"]
@@ -80,8 +81,6 @@ def _group(task: str, entry: dict | None) -> str:
     if entry and entry.get("group"):
         return str(entry["group"])
     try:
-        from nsa.datasets import get_task
-
         return get_task(task).group
     except NSAError:
         return "custom"

@@ -6,9 +6,16 @@ once. Stopping cancels the study's unfinished jobs; running the study again subm
 """
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 
-from nsa.study.expand import StudyRun, check_size, expand, is_finished, run_folder
+from nsa.errors import NSAError
+from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit as submit_one
+from nsa.jobs.worker import BEAT_S, ensure_worker, recover, run_in_process
+from nsa.study.expand import StudyRun, expand, is_finished, run_folder
+from nsa.study.results import results_table
 from nsa.study.spec import StudySpec
 
 ACTIVE = ("queued", "running")
@@ -17,7 +24,6 @@ ACTIVE = ("queued", "running")
 @dataclass
 class StudyPlan:
     """A study's distinct runs and which of them are finished (reused, not recomputed)."""
-
     study: StudySpec
     runs: list[StudyRun]
     finished: set[str]
@@ -34,7 +40,6 @@ class StudyPlan:
 @dataclass
 class StudyProgress:
     """Where a study's runs stand in the queue. `partial` = summed progress fractions of running jobs."""
-
     total: int
     done: int = 0
     running: int = 0
@@ -66,14 +71,10 @@ class StudyProgress:
         return ", ".join(parts)
 
 
-def plan(study: StudySpec) -> StudyPlan:
-    """Expand the study and look up which runs already have their results."""
-    runs = expand(study)
+def plan(study: StudySpec, yes: bool = False) -> StudyPlan:
+    """Expand the study (its grid size checked first) and look up which runs already have their results."""
+    runs = expand(study, yes=yes)
     return StudyPlan(study=study, runs=runs, finished={r.run_id for r in runs if is_finished(r.run_id)})
-
-
-def check_plan_size(p: StudyPlan, yes: bool) -> None:
-    check_size(p.runs, p.study.max_runs, yes)
 
 
 def plan_summary(p: StudyPlan) -> str:
@@ -83,20 +84,14 @@ def plan_summary(p: StudyPlan) -> str:
             f"{len(p.to_run)} to run")
 
 
-def submit(p: StudyPlan, store=None) -> list[str]:
-    """Queue every unfinished run (the store merges a spec already queued or running); returns their ids."""
+def submit(p: StudyPlan, store=None, start_worker: bool = True) -> list[str]:
+    """Queue every unfinished run through the one submit path (a run already queued, running or complete is
+    not submitted twice), then start one worker; returns their ids."""
     store = store or _store()
-    ids = []
-    for run in p.to_run:
-        ids.append(store.submit(run.spec))
+    ids = [submit_one(run.job, store, start_worker=False).run_id for run in p.to_run]
+    if start_worker:
+        ensure_worker(store)
     return ids
-
-
-def ensure_worker() -> None:
-    """Start a background worker when none is running (the job system decides how)."""
-    from nsa.jobs import worker
-
-    worker.ensure_worker()
 
 
 def run_here(p: StudyPlan, store=None, on_event=None, on_run=None) -> dict[str, str]:
@@ -107,11 +102,6 @@ def run_here(p: StudyPlan, store=None, on_event=None, on_run=None) -> dict[str, 
     `on_run(run, status)` each outcome; returns {run_id: status}. Ctrl-C marks the running job cancelled
     (and propagates).
     """
-    import os
-    import threading
-
-    from nsa.jobs.worker import BEAT_S, run_in_process
-
     store = store or _store()
     pid = os.getpid()
     outcome: dict[str, str] = {}
@@ -140,8 +130,9 @@ def _beat(store, pid: int, run_id: str, stop, every_s: float) -> None:
 
 
 def progress(p: StudyPlan, store=None) -> StudyProgress:
-    """The study's state from the queue and the run folders."""
+    """The study's state from the queue and the run folders (jobs whose worker died are recovered first)."""
     store = store or _store()
+    recover(store)
     state = StudyProgress(total=len(p.runs))
     for run in p.runs:
         if run.run_id in p.finished or is_finished(run.run_id):
@@ -187,20 +178,14 @@ def job_of(run: StudyRun, store=None):
 
 def study_table(p: StudyPlan):
     """The results table (`nsa.study.results`) of the study's finished runs."""
-    from nsa.study.results import results_table
-
     return results_table(run_folder(r.run_id) for r in p.runs if is_finished(r.run_id))
 
 
 def _store():
-    from nsa.jobs.store import JobStore
-
     return JobStore()
 
 
 def _get(store, run_id: str):
-    from nsa.errors import NSAError
-
     try:
         return store.get(run_id)
     except (KeyError, NSAError):

@@ -47,11 +47,33 @@ def test_reproducible_by_seed_and_cached(tok):
     assert not a.cached and b.cached and b.key == a.key
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.input_ids, fresh.input_ids)
     assert not torch.equal(a.input_ids, other.input_ids)
-    folder = cache_dir() / "calibration"
-    assert (folder / f"{a.key}.safetensors").is_file()
-    meta = json.loads((folder / f"{a.key}.json").read_text())
+    folder = cache_dir() / "calibration" / a.key
+    assert (folder / "input_ids.safetensors").is_file() and (folder / "manifest.json").is_file()
+    meta = json.loads((folder / "calibration.json").read_text())
     assert meta["source"] == "wikitext2" and meta["seed"] == 0 and meta["diversity"] == pytest.approx(a.diversity)
     assert list(folder.glob("*.pkl")) == [] and list(folder.glob("*.pt")) == []
+
+
+def test_a_corrupted_cached_set_is_rebuilt_and_said_so(tok):
+    """A truncated calibration file in the cache used to fail every job with a bare SafetensorError, forever."""
+    a = C.build_calibration("wikitext2", tok, nsamples=4, seqlen=32, seed=7)
+    path = cache_dir() / "calibration" / a.key / "input_ids.safetensors"
+    path.write_bytes(path.read_bytes()[:20])
+    messages = []
+    b = C.build_calibration("wikitext2", tok, nsamples=4, seqlen=32, seed=7, progress=messages.append)
+    assert not b.cached and torch.equal(a.input_ids, b.input_ids)
+    assert any("bad" in m.message and "rebuilding" in m.message for m in messages)
+    assert C.build_calibration("wikitext2", tok, nsamples=4, seqlen=32, seed=7).cached
+
+
+def test_an_edited_source_file_is_a_new_set(tok, tmp_path):
+    """The cache key covers the source file's content, not its path and modification time."""
+    f = tmp_path / "texts.txt"
+    f.write_text("\n".join(f"sentence number {i} about cats and dogs" for i in range(200)))
+    a = C.build_calibration("file", tok, nsamples=2, seqlen=16, path=f)
+    f.write_text("\n".join(f"another text {i} about birds" for i in range(200)))
+    b = C.build_calibration("file", tok, nsamples=2, seqlen=16, path=f)
+    assert a.key != b.key and not b.cached
 
 
 def test_wikitext2_stream_is_the_reference_join(tok):
@@ -66,7 +88,7 @@ def test_wikitext2_stream_is_the_reference_join(tok):
 def test_short_texts_are_joined_with_eos(tok):
     """SST-2 phrases are far shorter than a window: windows hold several texts separated by EOS."""
     calib = C.build_calibration("sst2", tok, nsamples=8, seqlen=128, seed=0)
-    assert calib.strategy == "stream" and calib.extra["origin"].split(":")[0].endswith("train_sample.jsonl")
+    assert calib.strategy == "stream" and calib.extra["file"].endswith("train_sample.jsonl")
     eos_per_row = (calib.input_ids == tok.eos_token_id).sum(dim=1)
     assert (eos_per_row >= 1).all()
     first = D.load_examples("sst2", split="train_sample", limit=1)[0]["text"]
@@ -86,7 +108,7 @@ def test_user_file_and_errors(tok, tmp_path):
     f = tmp_path / "mine.jsonl"
     f.write_text("".join(json.dumps({"text": f"note number {i} about the weather"}) + "\n" for i in range(40)))
     calib = C.build_calibration("mine", tok, nsamples=2, seqlen=32, path=f)
-    assert calib.input_ids.shape == (2, 32) and str(f.resolve()) in calib.extra["origin"]
+    assert calib.input_ids.shape == (2, 32) and calib.extra["file"] == str(f)
     txt = tmp_path / "mine.txt"
     txt.write_text("one line\nanother line\n" * 30)
     assert C.build_calibration("txt", tok, nsamples=2, seqlen=16, path=txt).input_ids.shape == (2, 16)
@@ -117,4 +139,4 @@ def test_demo_sources(tok, source):
             C.build_calibration(source, tok, 2, 16)
         return
     calib = C.build_calibration(source, tok, 4, 32, seed=0)
-    assert calib.input_ids.shape == (4, 32) and calib.strategy == "stream" and str(file) in calib.extra["origin"]
+    assert calib.input_ids.shape == (4, 32) and calib.strategy == "stream" and calib.extra["file"] == str(file)

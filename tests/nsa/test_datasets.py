@@ -7,6 +7,8 @@ import pytest
 
 from nsa import datasets as D
 from nsa.errors import NSAError
+from nsa.paths import DEMO_DATA_DIR
+from tests.conftest import ROOT
 
 ALL_LISTED = ["sst2", "yelp_polarity", "imdb", "amazon_polarity", "sentiment140", "rte", "boolq", "arc_easy",
               "arc_challenge", "openbookqa", "piqa", "hellaswag", "winogrande", "wikitext2", "c4"]
@@ -180,7 +182,7 @@ def test_custom_tasks_are_seen_by_other_processes(tmp_path):
     try:
         code = "from nsa import datasets as D; print(len(D.load_examples('shared-task')), D.list_tasks()[-1])"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=__import__("pathlib").Path(__file__).resolve().parents[2])
+                             cwd=ROOT)
         assert out.stdout.split() == ["2", "shared-task"], out.stderr
     finally:
         D.unregister_task("shared-task")
@@ -190,8 +192,6 @@ def test_custom_tasks_are_seen_by_other_processes(tmp_path):
 
 @pytest.mark.parametrize("name, file", [("demo-reviews", "reviews_test.jsonl"), ("demo-unseen", "unseen_test.jsonl")])
 def test_demo_tasks_read_the_committed_demo_files(name, file):
-    from nsa.paths import DEMO_DATA_DIR
-
     spec = D.get_task(name)
     assert spec.path == str(DEMO_DATA_DIR / file) and spec.group == "sentiment" and spec.synthetic
     if not (DEMO_DATA_DIR / file).is_file():  # before `python -m nsa demo build` has written them

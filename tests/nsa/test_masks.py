@@ -1,11 +1,11 @@
-"""nsa.masks: load, check, apply (with SparseGPT weights), pruned copy."""
+"""nsa.masks: load, check, apply in place (with SparseGPT weights); files that are not masks are refused."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from nsa.errors import NSAError
-from nsa.masks import apply_masks, check_masks, load_masks, pruned_copy
+from nsa.masks import apply_masks, check_masks, load_masks
 
 
 @pytest.fixture
@@ -17,15 +17,11 @@ def ref_model(reference_dir):
 def test_apply_reference_masks(ref_model, reference_dir):
     masks = load_masks(reference_dir / "masks" / "wanda__unstructured.safetensors")
     before = {k: v.clone() for k, v in ref_model.named_parameters()}
-    copy = pruned_copy(ref_model, masks)
-    params = dict(copy.named_parameters())
+    apply_masks(ref_model, masks)
+    params = dict(ref_model.named_parameters())
     for k, m in masks.items():
         assert torch.all(params[k][m.bool()] == 0)
         assert torch.equal(params[k][~m.bool()], before[k][~m.bool()])
-    for k, v in ref_model.named_parameters():  # original untouched
-        assert torch.equal(v, before[k])
-    apply_masks(ref_model, masks)
-    assert torch.equal(dict(ref_model.named_parameters())[k], params[k])
 
 
 def test_apply_with_sparsegpt_weights(ref_model, reference_dir):
@@ -51,3 +47,18 @@ def test_load_masks_missing(tmp_path):
         load_masks(tmp_path / "nothing.safetensors")
     with pytest.raises(NSAError, match="does not exist"):
         load_masks(tmp_path)  # a run folder without masks
+
+
+def test_files_that_are_not_masks_are_refused(tmp_path):
+    """An empty masks file would evaluate the dense model as "pruned"; float tensors are not masks."""
+    from safetensors.torch import save_file
+
+    save_file({}, str(tmp_path / "empty.safetensors"))
+    with pytest.raises(NSAError, match="holds no masks"):
+        load_masks(tmp_path / "empty.safetensors")
+    save_file({"w": torch.rand(2, 2)}, str(tmp_path / "float.safetensors"))
+    with pytest.raises(NSAError, match="not a 0/1 mask"):
+        load_masks(tmp_path / "float.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(NSAError, match="cannot read masks"):
+        load_masks(tmp_path / "junk.safetensors")

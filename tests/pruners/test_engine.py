@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from pruners import PruneConfig, PruneError, get_method, list_methods, prune
+from pruners.methods.sparsegpt import _inverse_factor
+from pruners.options import Option
+from pruners.registry import REGISTRY, Registry
 from pruners.selection import nm_mask, row_mask, threshold_mask
 
 from .conftest import tiny_model
@@ -21,18 +24,24 @@ def test_registry_lists_methods_with_declarations():
         for o in m.options:
             assert o.help and isinstance(o.default, o.type)
     assert get_method("sparsegpt").needs == ("hessian",)
-    assert "gradients" in get_method("gblm").needs
-    assert get_method("magnitude").needs == ()
+    assert get_method("gblm").prepare is not None and get_method("gblm").needs_calibration
+    assert get_method("magnitude").needs == () and not get_method("magnitude").needs_calibration
+
+
+def test_registry_refuses_a_second_method_under_one_name():
+    with pytest.raises(PruneError, match="already registered"):
+        REGISTRY.register(get_method("wanda"))
+    fresh = Registry()
+    fresh.register(get_method("wanda"))
+    assert fresh.names() == ["wanda"]
 
 
 def test_option_values_are_checked_strictly():
     """One mechanism for pruner and NSA options: no silent truncation, no typo read as False."""
-    from pruners.registry import Option
-
     block, flag = Option("block_size", int, 128, min=1), Option("shared_hessian", bool, True)
     assert block.validate(64) == 64 and block.validate(64.0) == 64 and block.validate("64") == 64
     assert flag.validate("false") is False and flag.validate(True) is True
-    for opt, value, match in ((block, 2.5, "expected an integer"), (block, 0, "outside the allowed range"),
+    for opt, value, match in ((block, 2.5, "expected an integer"), (block, 0, "must be at least 1"),
                               (flag, "ture", "expected true or false"), (block, True, "expected an integer")):
         with pytest.raises(PruneError, match=match):
             opt.validate(value)
@@ -44,19 +53,34 @@ def test_unknown_method_lists_registered():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(sparsity=1.0), r"outside \[0, 1\)"),
-    (dict(sparsity=-0.1), r"outside \[0, 1\)"),
+    (dict(sparsity=1.0), r"sparsity: must be in \[0, 1\)"),
+    (dict(sparsity=-0.1), r"sparsity: must be in \[0, 1\)"),
+    (dict(sparsity=True), r"sparsity: expected a fraction"),
+    (dict(method=""), r"method: expected a method name"),
     (dict(pattern="4:4"), "0 < N < M"),
     (dict(pattern="5:4"), "0 < N < M"),
     (dict(pattern="2-4"), "N:M"),
     (dict(pattern="2:5"), "not divisible by M=5"),
     (dict(options={"group": "column"}), "must be one of"),
-    (dict(options={"nope": 1}), "has no option"),
-    (dict(options={"block_size": 0}), "outside"),
+    (dict(options={"nope": 1}), "options.nope: unknown option for method wanda"),
+    (dict(options={"block_size": 0}), "options.block_size: must be at least 1, got 0"),
+    (dict(options="row"), "options: expected a mapping"),
 ])
 def test_bad_config(kwargs, match, calib_ids):
     with pytest.raises(PruneError, match=match):
-        prune(tiny_model("llama"), calib_ids, PruneConfig(method="wanda", **kwargs))
+        prune(tiny_model("llama"), calib_ids, PruneConfig(**({"method": "wanda"} | kwargs)))
+
+
+def test_config_is_normalised_once():
+    """Case, spaces and defaults are settled on construction; N:M fixes the sparsity (one computation, one config)."""
+    a = PruneConfig("WANDA", 0.7, " 2 : 4 ")
+    b = PruneConfig("wanda", 0.5, "2:4", {"group": "row"})
+    assert a == b and a.sparsity == 0.5 and a.options == {"block_size": 128, "group": "row"}
+    assert PruneConfig.from_dict(a.to_dict()) == a
+    with pytest.raises(PruneError, match="sparsty: unknown key"):
+        PruneConfig.from_dict({"method": "wanda", "sparsty": 0.5})
+    err = pytest.raises(PruneError, PruneConfig, "wanda", 2.0).value
+    assert err.field == "sparsity" and err.at("--sparsity").startswith("--sparsity: must be in [0, 1)")
 
 
 @pytest.mark.parametrize("calib,match", [
@@ -98,7 +122,6 @@ def test_every_method_takes_every_group(method, group, calib_ids):
 
 
 def test_sparsegpt_raises_dampening_instead_of_nan():
-    from pruners.sparsegpt import _inverse_factor
     x = torch.randn(4, 16)
     H = x.t() @ x  # rank 4 < 16: not positive definite without dampening
     with warnings.catch_warnings(record=True) as caught:
@@ -108,9 +131,9 @@ def test_sparsegpt_raises_dampening_instead_of_nan():
     assert any("dampening raised" in str(w.message) for w in caught)
 
 
-def test_calib_device_and_seed_determinism(calib_ids):
-    a = prune(tiny_model("qwen2"), calib_ids, PruneConfig(method="gblm", seed=3, calib_device="cpu"))
-    b = prune(tiny_model("qwen2"), calib_ids, PruneConfig(method="gblm", seed=3))
+def test_calib_device_and_determinism(calib_ids):
+    a = prune(tiny_model("qwen2"), calib_ids, PruneConfig(method="gblm"), calib_device="cpu")
+    b = prune(tiny_model("qwen2"), calib_ids, PruneConfig(method="gblm"))
     assert all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
     assert a.stats["versions"]["torch"] == torch.__version__
     assert set(a.stats["module_sparsity"]) == set(a.masks)

@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from nsa.masks import apply_masks
 from pruners import PruneConfig, prune
 from pruners.errors import PruneError
 from pruners.io import save_result
-from pruners.ria import ria_score
+from pruners.methods.ria import ria_score
 from pruners.stats import InputStats
 
 from .conftest import tiny_model
@@ -118,7 +119,6 @@ def test_saved_masks_are_nm_and_function_is_preserved(which, pattern, calib_ids)
     # (b) same function as the unpermuted model with the reference's (scattered-back) mask
     torch.testing.assert_close(_logits(model, ids), _logits(_masked(dense, back), ids), atol=1e-5, rtol=0)
     # the shipped weights (biases included) rebuild the pruned model from the dense one
-    from nsa.masks import apply_masks
     assert set(result.masks) <= set(result.weights)
     rebuilt = apply_masks(copy.deepcopy(dense), result.masks, result.weights)
     torch.testing.assert_close(_logits(rebuilt, ids), _logits(model, ids), atol=0, rtol=0)

@@ -3,19 +3,19 @@ same masks bit for bit, and the same weights, as the reference path (one Hessian
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from pruners import PruneConfig, get_method, prune
-from pruners.engine import PruneContext
-from pruners.sparsegpt import _factor, _reference_sweep, _stacked_sweep, prune_group
+from pruners import PruneConfig, prune
+from pruners.method import LayerContext, Target
+from pruners.methods.sparsegpt import METHOD, _factor, _reference_sweep, _stacked_sweep
 from pruners.stats import InputStats
+from tests.conftest import ROOT
 
 from .conftest import tiny_model
 
-DEMO_CALIB = Path(__file__).resolve().parents[2] / "nsa" / "demo" / "data" / "generic_calib.jsonl"
+DEMO_CALIB = ROOT / "nsa" / "demo" / "data" / "generic_calib.jsonl"
 
 
 def _assert_same(fast, ref):
@@ -66,9 +66,9 @@ def test_stacked_sweep_keeps_each_linears_comparison_group():
     for W in Ws:
         w = W.clone()
         refs.append((_reference_sweep(w, Hinv, 0.5, None, "block", 8), w))
-    opts = get_method("sparsegpt").resolve_options({"block_size": 8})
-    ctxs = [PruneContext(name=f"m{i}", sparsity=0.5, nm=None, options=opts) for i in range(3)]
-    got = prune_group([W.clone() for W in Ws], stats, ctxs)
+    opts = PruneConfig("sparsegpt", options={"block_size": 8}).options
+    ctx = LayerContext(sparsity=0.5, nm=None, options=opts, model=None)
+    got = [(r.mask, r.weight) for r in METHOD.prune([Target(f"m{i}", W.clone()) for i, W in enumerate(Ws)], stats, ctx)]
     for (m, w), (rm, rw) in zip(got, refs):
         assert torch.equal(m, rm) and torch.equal(w, rw)
         assert 0.5 <= float(m.float().mean()) <= 0.55  # the large Linear is not spared by the small one

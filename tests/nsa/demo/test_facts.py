@@ -6,6 +6,8 @@ import json
 
 from nsa.demo import corpus as C
 from nsa.demo.build import BuildConfig, write_data
+from nsa.evaluation import evaluate
+from nsa.models import load_model
 from nsa.paths import DEMO_DATA_DIR
 
 FACTS = DEMO_DATA_DIR / "facts_test.jsonl"
@@ -53,9 +55,6 @@ def test_every_gold_answer_is_stated_in_training_text():
 
 def test_committed_model_above_chance(tmp_path):
     """Dense accuracy through the harness: 0.558 (chance 0.25); the test keeps >= 0.45."""
-    from nsa.evaluation import evaluate
-    from nsa.models import load_model
-
     model, tok = load_model("demo")
     summary = evaluate(model, tok, ["demo-facts"], out_dir=tmp_path)
     acc = summary["tasks"]["demo-facts"]["acc"]

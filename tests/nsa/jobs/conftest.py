@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -100,10 +100,11 @@ def llama_dir(tmp_path_factory, stories_dir) -> Path:
 
 @pytest.fixture
 def long_spec(llama_dir) -> dict:
-    """A job that spends a few seconds pruning (32 windows of 128 tokens through SparseGPT's Hessians)."""
+    """A job that spends several seconds pruning (128 windows of 128 tokens through SparseGPT's Hessians): long
+    enough for a second `python -m nsa` process (2-3 s of imports) to cancel or kill it mid-way."""
     return {"model": str(llama_dir),
             "prune": {"method": "sparsegpt", "sparsity": 0.5},
-            "calibration": {"source": "sst2", "nsamples": 32, "seqlen": 128, "seed": 0},
+            "calibration": {"source": "sst2", "nsamples": 128, "seqlen": 128, "seed": 0},
             "evaluate": {"tasks": ["sst2"], "limit": 16}}
 
 
@@ -113,14 +114,3 @@ def quick_spec(llama_dir) -> dict:
     return {"model": str(llama_dir), "prune": {"method": "magnitude", "sparsity": 0.5}}
 
 
-@pytest.fixture
-def pipeline_ready():
-    """Jobs run the pruning engine and the model loader (engineer A's modules): skip until they exist."""
-    for module in ("nsa.models", "nsa.masks", "pruners.registry", "pruners.io", "pruners.families"):
-        pytest.importorskip(module, reason=f"{module} is not in the tree yet: a job cannot run its stages")
-    try:
-        import pruners.registry
-
-        pruners.registry.list_methods()
-    except ImportError as err:
-        pytest.skip(f"the pruning methods cannot be loaded yet ({err})")

@@ -1,15 +1,17 @@
 """Which stages of a damaged run folder are reused: a stage is reused only when its artifacts and inputs verify."""
 from __future__ import annotations
 
+import json
+
 import torch
 from safetensors.torch import save_file
 
-from nsa.atomic import atomic_dir, write_json
+from nsa.atomic import write_json
 from nsa.jobs import runs
-from nsa.jobs.pipeline import plan_reuse, stages_for
+from nsa.jobs.pipeline import plan_reuse, run_job, stages_for
 from nsa.jobs.spec import parse_spec
 
-ALL = {"calibration", "dense eval", "prune", "neurons", "pruned eval", "comparison", "nsa"}
+ALL = {"calibration", "dense eval", "nsa dense", "prune", "neurons", "pruned eval", "comparison", "nsa"}
 
 
 def _spec(stories_dir, **extra):
@@ -20,7 +22,8 @@ def _spec(stories_dir, **extra):
 
 def _folder(spec):
     """A run folder with every artifact a full job writes (contents are small but real files)."""
-    with atomic_dir(runs.run_dir(spec.id)) as out:
+    entry = runs.run_entry(spec.id)
+    with entry.build() as out:
         write_json(out / "spec.json", spec.to_dict())
         write_json(out / "calibration.json", {"source": "wikitext2", "nsamples": 4})
         save_file({"model.layers.0.mlp.down_proj.weight": torch.zeros(4, 8, dtype=torch.uint8)},
@@ -32,44 +35,32 @@ def _folder(spec):
             (out / "eval" / part / "sst2.jsonl").write_text('{"index": 0}\n')
         write_json(out / "eval" / "comparison.json", {"tasks": {}})
         write_json(out / "nsa" / "summary.json", {})
-        runs.write_manifest(out)
-    return runs.run_dir(spec.id)
+    return entry
 
 
 def test_stages_follow_the_spec(stories_dir):
-    assert [s.name for s in stages_for(_spec(stories_dir))] == ["calibration", "dense eval", "prune", "neurons",
-                                                               "pruned eval", "comparison", "nsa"]
+    assert [s.name for s in stages_for(_spec(stories_dir))] == ["calibration", "dense eval", "nsa dense", "prune",
+                                                               "neurons", "pruned eval", "comparison", "nsa"]
     bare = _spec(stories_dir, evaluate=None, nsa=None, prune={"method": "magnitude"})
     assert [s.name for s in stages_for(bare)] == ["prune", "neurons"]
 
 
 def test_reuse_only_what_verifies(cache, stories_dir):
     spec = _spec(stories_dir)
-    folder = _folder(spec)
-    assert plan_reuse(spec, folder) == ALL
-    (folder / "eval" / "pruned" / "sst2.jsonl").write_text('{"index": 1}\n')  # same size, other content
-    assert plan_reuse(spec, folder) == ALL - {"pruned eval", "comparison"}
-    (folder / "masks.safetensors").unlink()
+    entry = _folder(spec)
+    assert plan_reuse(spec, entry) == ALL
+    (entry.folder / "eval" / "pruned" / "sst2.jsonl").write_text('{"index": 1}\n')  # same size, other content
+    # NSA's pruned part reads the pruned records: it runs again, and with it the dense part it needs in memory
+    assert plan_reuse(spec, entry) == ALL - {"pruned eval", "comparison", "nsa", "nsa dense"}
+    (entry.folder / "masks.safetensors").unlink()
     # everything that read the masks is recomputed; pruning needs the calibration set again
-    assert plan_reuse(spec, folder) == {"dense eval"}
-    (folder / "manifest.json").unlink()
-    assert plan_reuse(spec, folder) == set()
-
-
-def test_no_reuse_from_a_folder_of_another_spec(cache, stories_dir):
-    spec = _spec(stories_dir)
-    folder = _folder(spec)
-    write_json(folder / "spec.json", _spec(stories_dir, dtype="bfloat16").to_dict())
-    runs.write_manifest(folder)
-    assert plan_reuse(spec, folder) == set()
+    assert plan_reuse(spec, entry) == {"dense eval"}
+    (entry.folder / "manifest.json").unlink()
+    assert plan_reuse(spec, entry) == set()
 
 
 def test_nsa_options_reach_the_attribution(cache, stories_dir):
     """A job's nsa.options are what the NSA stage runs with (here: 4 words per class, no validation)."""
-    import json
-
-    from nsa.jobs.pipeline import run_job
-
     spec = parse_spec({"model": str(stories_dir), "prune": {"method": "magnitude", "sparsity": 0.5},
                        "nsa": {"task": "sst2", "limit": 24,
                                "options": {"top_k": 4, "min_df": 2, "min_occurrences": 5, "validation": False}}})

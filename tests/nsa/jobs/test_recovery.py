@@ -10,9 +10,11 @@ import time
 import pytest
 
 from nsa.errors import NSAError
-from nsa.jobs import runs
+from nsa.jobs import runs, worker
 from nsa.jobs.store import JobStore
-from nsa.jobs.worker import MAX_ATTEMPTS, recover, worker_lock, worker_running
+from nsa.jobs.submit import submit
+from nsa.jobs.worker import MAX_ATTEMPTS, recover, run_in_process, worker_lock, worker_running
+from tests.conftest import ROOT
 
 
 def _dead_pid() -> int:
@@ -23,7 +25,7 @@ def _dead_pid() -> int:
 
 def test_job_of_a_dead_worker_is_requeued_once_then_failed(cache, spec):
     store = JobStore()
-    job_id = store.submit(spec)
+    job_id = submit(spec, store, start_worker=False).run_id
     partial = runs.runs_dir() / f".{job_id}.abc.tmp"  # what a killed job leaves behind
     for attempt in range(1, MAX_ATTEMPTS + 1):
         pid = _dead_pid()
@@ -40,7 +42,7 @@ def test_job_of_a_dead_worker_is_requeued_once_then_failed(cache, spec):
 
 def test_stale_heartbeat_of_a_live_worker_is_recovered(cache, spec):
     store = JobStore()
-    job_id = store.submit(spec)
+    job_id = submit(spec, store, start_worker=False).run_id
     store.claim_next(os.getpid())  # alive, but silent
     assert recover(store, stale_s=60) == []  # a live worker with a fresh heartbeat keeps its job
     with sqlite3.connect(store.path) as db:
@@ -61,9 +63,7 @@ def test_one_worker_holds_the_lock(cache):
 
 
 def test_worker_exits_cleanly_on_sigterm_and_when_idle(cache, wait):
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3]
+    root = ROOT
     worker = subprocess.Popen([sys.executable, "-m", "nsa", "worker"], cwd=root, env=os.environ.copy(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait(worker_running, 30, "the worker to take its lock")
@@ -94,15 +94,12 @@ def _cuda_oom() -> None:
 def test_out_of_memory_fails_the_job_with_what_to_lower(cache, spec, monkeypatch, make_error, says):
     """A real allocator refusal on the CPU (and torch's CUDA OOM error, which needs a GPU to happen for real)
     fails the job with a message naming the settings to lower, not a bare traceback."""
-    from nsa.jobs import pipeline
-    from nsa.jobs.worker import run_in_process
-
     def stage_that_runs_out(*args, **kwargs):
         make_error()
 
-    monkeypatch.setattr(pipeline, "run_job", stage_that_runs_out)
+    monkeypatch.setattr(worker, "run_job", stage_that_runs_out)
     store = JobStore()
-    job_id = store.submit(spec)
+    job_id = submit(spec, store, start_worker=False).run_id
     job = store.claim_next(os.getpid())
     assert job is not None and job.id == job_id
     assert run_in_process(store, job, child=False) == "failed"

@@ -114,9 +114,57 @@ def test_nsa_options_are_checked_filled_and_part_of_the_id(stories_dir):
     assert parse_spec(base | {"nsa": {"task": "sst2", "options": {"top_k": 20}}}).id == plain.id
     other = parse_spec(base | {"nsa": {"task": "sst2", "options": {"top_k": 5, "validation": False}}})
     assert other.id != plain.id and other.nsa.options["top_k"] == 5
-    for options, message in (({"topk": 5}, "nsa.options.topk: unknown NSA option"),
-                             ({"alpha": 2}, "nsa.options.alpha: must be between 0 and 1"),
-                             ({"seeds": 2}, "nsa.options.seeds: must be at least 3"),
+    for options, message in (({"topk": 5}, "nsa.options.topk: unknown option for NSA"),
+                             ({"alpha": 2}, "nsa.options.alpha: must be above 0 and below 1, got 2"),
+                             ({"alpha": 0}, "nsa.options.alpha: must be above 0 and below 1, got 0"),
+                             ({"seeds": 2}, "nsa.options.seeds: must be at least 20"),
                              ({"validation": "maybe"}, "nsa.options.validation: expected true or false")):
         with pytest.raises(NSAError, match=message):
             parse_spec(base | {"nsa": {"task": "sst2", "options": options}})
+
+
+def test_nsa_uses_the_evaluations_example_set(stories_dir):
+    """One run evaluates a task on one example set, shared by NSA: nsa.limit follows evaluate.limit, and a
+    different explicit one is refused (it used to give a second, disagreeing evaluation of the same task)."""
+    base = _base(stories_dir)
+    assert parse_spec(base | {"nsa": {"task": "sst2"}}).nsa.limit == 8
+    with pytest.raises(NSAError, match="nsa.limit: 400 differs from evaluate.limit 8 for task sst2"):
+        parse_spec(base | {"nsa": {"task": "sst2", "limit": 400}})
+    other = parse_spec(base | {"nsa": {"task": "imdb", "limit": 16}})
+    assert other.eval_sets() == {"sst2": 8, "imdb": 16}  # NSA's own task is evaluated on its own set
+
+
+def test_equal_computations_have_one_id_and_edited_inputs_a_new_one(stories_dir, tmp_path):
+    """2:4 fixes the sparsity at 0.5 whatever was asked; a custom word list's content is part of the id."""
+    base = _base(stories_dir)
+    a = parse_spec(base | {"prune": {"method": "wanda", "pattern": "2:4", "sparsity": 0.5}})
+    b = parse_spec(base | {"prune": {"method": "wanda", "pattern": "2:4", "sparsity": 0.7}})
+    assert a.id == b.id and b.prune.sparsity == 0.5
+    words = tmp_path / "words.json"
+    words.write_text('{"negative": ["bad"], "positive": ["good"]}')
+    first = parse_spec(base | {"nsa": {"task": "sst2", "words": str(words)}}).id
+    words.write_text('{"negative": ["awful"], "positive": ["good"]}')
+    assert parse_spec(base | {"nsa": {"task": "sst2", "words": str(words)}}).id != first
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: demo\nmodel: demo\nprune: {method: wanda}\n", "key 'model' appears twice"),
+    ("a: &a [1,1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n", "expands to far more data"),
+    ("model: !!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+])
+def test_dangerous_yaml_is_refused(tmp_path, text, message):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(NSAError, match=message):
+        load_spec(path)
+
+
+def test_non_utf8_and_huge_values_are_refused_with_short_messages(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"model: caf\xe9\nprune: {method: wanda}\n")
+    with pytest.raises(NSAError, match="not UTF-8"):
+        load_spec(path)
+    with pytest.raises(NSAError) as err:
+        parse_spec({"model": "x" * 100_000, "prune": {"method": "wanda"}})
+    assert len(str(err.value)) < 300

@@ -1,4 +1,5 @@
-"""The SQLite job store: idempotent submit (also from two processes at once), cancel, resubmit, claim."""
+"""The SQLite job store through the one submit path: idempotent (also from two processes at once), cancel,
+resubmit, claim."""
 from __future__ import annotations
 
 import json
@@ -7,21 +8,22 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from nsa.errors import NSAError
 from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 SUBMIT_AT = """
 import json, sys, time
 from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
 spec, at = json.loads(sys.argv[1]), float(sys.argv[2])
 store = JobStore()
 time.sleep(max(0.0, at - time.time()))
-print(store.submit(spec))
+print(submit(spec, store, start_worker=False).run_id)
 """
 
 
@@ -43,13 +45,13 @@ def test_two_processes_submitting_the_same_spec_make_one_job(cache, spec, tmp_pa
 
 def test_submit_cancel_resubmit_and_claim(cache, spec):
     store = JobStore()
-    job_id = store.submit(spec)
-    assert store.submit(dict(spec)) == job_id and len(store.list()) == 1
+    job_id = submit(spec, store, start_worker=False).run_id
+    assert submit(dict(spec), store, start_worker=False).run_id == job_id and len(store.list()) == 1
     job = store.get(job_id)
     assert job.status == "queued" and job.progress == 0 and job.spec["prune"]["method"] == "wanda"
     assert job.get("status") == "queued" and store.require(job_id[:6]).id == job_id
     assert store.cancel(job_id).status == "cancelled"
-    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # cancelled -> queued again
+    assert submit(spec, store, start_worker=False).run_id == job_id and store.get(job_id).status == "queued"  # cancelled -> queued again
     claimed = store.claim_next(worker_pid=os.getpid())
     assert claimed.id == job_id and claimed.status == "running" and claimed.attempts == 1
     assert store.claim_next(worker_pid=os.getpid()) is None
@@ -60,12 +62,12 @@ def test_submit_cancel_resubmit_and_claim(cache, spec):
     store.finish(job_id, "failed", message="boom", error="boom", traceback="Traceback ...")
     job = store.get(job_id)
     assert job.status == "failed" and job.error == "boom" and job.finished >= job.started
-    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # failed -> queued again
+    assert submit(spec, store, start_worker=False).run_id == job_id and store.get(job_id).status == "queued"  # failed -> queued again
     store.claim_next(worker_pid=os.getpid())
     store.finish(job_id, "done", message="ok")
     assert store.get(job_id).progress == 1.0
-    assert store.submit(spec) == job_id and store.get(job_id).status == "queued"  # done, but no run folder
+    assert submit(spec, store, start_worker=False).run_id == job_id and store.get(job_id).status == "queued"  # done, but no run folder
     with pytest.raises(NSAError, match="no job with id"):
         store.require("zzzz")
     with pytest.raises(NSAError, match="prune.sparsity"):
-        store.submit({**spec, "prune": {"method": "wanda", "sparsity": 2}})
+        submit({**spec, "prune": {"method": "wanda", "sparsity": 2}}, store, start_worker=False).run_id

@@ -14,8 +14,9 @@ import yaml
 
 from nsa.jobs import runs
 from nsa.jobs.store import JobStore
-
-ROOT = Path(__file__).resolve().parents[3]
+from nsa.jobs.submit import submit
+from nsa.jobs.worker import ensure_worker, worker_running
+from tests.conftest import ROOT
 
 
 def _nsa(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -34,7 +35,7 @@ def _status(store: JobStore, job_id: str, *wanted: str):
 
 
 @pytest.mark.slow
-def test_submit_progress_done_then_corrupted_artifact_is_recomputed(pipeline_ready, cache, spec, workers, wait,
+def test_submit_progress_done_then_corrupted_artifact_is_recomputed(cache, spec, workers, wait,
                                                                    tmp_path):
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -76,32 +77,32 @@ def test_submit_progress_done_then_corrupted_artifact_is_recomputed(pipeline_rea
     assert workers.procs[0].wait(60) == 0  # the idle worker exits by itself
 
     # a corrupted and a missing artifact: reported, then recomputed; the stages that still verify are reused
-    manifest = runs.read_manifest(folder)["files"]
+    manifest = runs.run_entry(job_id).manifest()["files"]
     (folder / "neurons.parquet").write_bytes(b"PAR1 truncated")
     (folder / "eval" / "pruned" / "sst2.jsonl").unlink()
     assert sorted(runs.verify_run(job_id)) == ["eval/pruned/sst2.jsonl: missing",
-                                               "neurons.parquet: checksum mismatch (corrupted or changed)"]
+                                               "neurons.parquet: size 14 bytes, the manifest says " + str(manifest["neurons.parquet"]["size"])]
     listed = _nsa("runs", "--verify")
-    assert "NO" in listed.stdout and "neurons.parquet: checksum mismatch" in listed.stdout
+    assert "NO" in listed.stdout and "neurons.parquet: size 14 bytes" in listed.stdout
     again = _nsa("run", str(spec_file))
     assert again.returncode == 0, again.stderr
     assert runs.verify_run(job_id) == [] and store.get(job_id).status == "done"
-    repaired = runs.read_manifest(folder)["files"]
+    repaired = runs.run_entry(job_id).manifest()["files"]
     for rel in ("masks.safetensors", "nsa/summary.json", "eval/dense/sst2.jsonl", "neurons.parquet",
                 "eval/pruned/sst2.jsonl"):
         assert repaired[rel] == manifest[rel], rel  # recomputed identically, or reused
     log = (folder / "logs" / "job.log").read_text()
-    for stage in ("calibration", "dense eval", "prune", "nsa"):
+    for stage in ("calibration", "dense eval", "prune"):
         assert f"stage {stage} reused" in log, stage
-    for stage in ("neurons", "pruned eval", "comparison"):
+    for stage in ("neurons", "pruned eval", "comparison", "nsa dense", "nsa"):  # NSA reads the pruned records
         assert f"stage {stage}\n" in log, stage
     assert _nsa("run", str(spec_file)).stdout.strip().endswith(str(folder))  # complete: nothing recomputed
 
 
 @pytest.mark.slow
-def test_cancel_mid_job(pipeline_ready, cache, long_spec, quick_spec, workers, wait):
+def test_cancel_mid_job(cache, long_spec, quick_spec, workers, wait):
     store = JobStore()
-    job_id = store.submit(long_spec)
+    job_id = submit(long_spec, store, start_worker=False).run_id
     worker = workers.start()
     wait(lambda: (j := store.get(job_id)).status == "running" and j.stage == "prune" and j.progress > 0.1,
          120, "pruning to be under way")
@@ -111,15 +112,15 @@ def test_cancel_mid_job(pipeline_ready, cache, long_spec, quick_spec, workers, w
     assert job.status == "cancelled" and "cancelled during prune" in job.message
     assert not runs.run_dir(job_id).exists() and _hidden(cache) == []
     assert worker.poll() is None  # the worker survives and takes the next job
-    other = store.submit(quick_spec)
+    other = submit(quick_spec, store, start_worker=False).run_id
     assert wait(lambda: _status(store, other, "done", "failed"), 90, "the next job").status == "done"
 
 
 @pytest.mark.slow
-def test_kill_9_worker_mid_job_then_restart(pipeline_ready, cache, long_spec, quick_spec, workers, wait):
+def test_kill_9_worker_mid_job_then_restart(cache, long_spec, quick_spec, workers, wait):
     store = JobStore()
-    first = store.submit(long_spec)
-    second = store.submit(quick_spec)
+    first = submit(long_spec, store, start_worker=False).run_id
+    second = submit(quick_spec, store, start_worker=False).run_id
     worker = workers.start()
     wait(lambda: (j := store.get(first)).status == "running" and j.stage == "prune" and j.progress > 0.1,
          120, "pruning to be under way")
@@ -144,15 +145,14 @@ def test_kill_9_worker_mid_job_then_restart(pipeline_ready, cache, long_spec, qu
     assert "re-queued" not in job.message and "died" not in (job.error or "")
 
 
-def test_job_that_raises_fails_with_its_message(pipeline_ready, cache, stories_dir, wait, tmp_path):
-    from nsa.jobs.worker import ensure_worker, worker_running
-
+def test_job_that_raises_fails_with_its_message(cache, stories_dir, wait, tmp_path):
     store = JobStore()
     assert ensure_worker(store) is None  # nothing queued: no worker
     texts = tmp_path / "two_lines.txt"
     texts.write_text("a short calibration text\nanother one\n")
-    bad = store.submit({"model": str(stories_dir), "prune": {"method": "wanda", "sparsity": 0.5},
-                        "calibration": {"source": "mine", "path": str(texts), "nsamples": 2, "seqlen": 512}})
+    bad = submit({"model": str(stories_dir), "prune": {"method": "wanda", "sparsity": 0.5},
+                  "calibration": {"source": "mine", "path": str(texts), "nsamples": 2, "seqlen": 512}},
+                 store, start_worker=False).run_id
     pid = ensure_worker(store, idle_exit_s=1)  # what the app does after submitting
     assert pid and wait(worker_running, 30, "the worker to take its lock")
     assert ensure_worker(store) is None  # one worker at a time

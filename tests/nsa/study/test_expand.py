@@ -1,16 +1,15 @@
 """Axes → job specs: counts, order, merging of identical specs, the run limit, bad grid points."""
 from __future__ import annotations
 
-from pathlib import Path
+import time
 
 import pytest
 
 from nsa.errors import NSAError
 from nsa.jobs.spec import parse_spec
-from nsa.study.expand import check_size, expand, grid_specs, set_path
+from nsa.study.expand import check_grid, expand, grid_specs, set_path
 from nsa.study.spec import load_study, parse_study
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import ROOT
 
 BASE = """\
 base:
@@ -65,11 +64,25 @@ def test_study_without_tasks_is_refused():
 
 def test_run_limit_needs_confirmation():
     study = parse_study(BASE + "max_runs: 3\naxes:\n  sparsity: [0.2, 0.3, 0.4, 0.5]\n")
-    runs = expand(study)
-    with pytest.raises(NSAError, match="expands to 4 runs, more than the limit of 3.*--yes"):
-        check_size(runs, study.max_runs, yes=False)
-    check_size(runs, study.max_runs, yes=True)
-    check_size(runs, 4, yes=False)
+    with pytest.raises(NSAError, match="4 grid points, more than the limit of 3.*--yes"):
+        expand(study)
+    assert len(expand(study, yes=True)) == 4
+    check_grid(4, 4, yes=False)
+
+
+def test_a_huge_grid_is_refused_before_it_is_expanded():
+    """100 x 100 x 100 points used to run 90 s and grow to 1.4 GB before any output."""
+    axes = "axes:\n" + "".join(f"  {a}: [{', '.join(str(i) for i in range(100))}]\n"
+                                for a in ("seed", "nsamples", "seqlen"))
+    study = parse_study(BASE + axes)
+    start = time.perf_counter()
+    with pytest.raises(NSAError, match="1,000,000 grid points, more than 10,000"):
+        expand(study, yes=True)
+    study = parse_study(BASE + "axes:\n" + "".join(f"  {a}: [{', '.join(str(i) for i in range(20))}]\n"
+                                                   for a in ("seed", "nsamples")))
+    with pytest.raises(NSAError, match="400 grid points, more than the limit of 200.*--yes"):
+        expand(study)
+    assert time.perf_counter() - start < 1.0
 
 
 def test_set_path_creates_sections_and_refuses_scalars():

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 
 from nsa.cli import main
-from nsa.study import figures, load_study, runner
+from nsa.study import load_study, runner
 from nsa.study.expand import run_folder
-from nsa.study.report import report_from_table
 from nsa.study.results import COLUMNS, results_table, write_csv
+from nsa_app import study_figures as figures
+from nsa_app.study_report import report_from_table
 
 
 def test_finished_runs_are_reused(tiny_study):
@@ -71,7 +72,7 @@ def test_cli_dry_run_results_and_csv(tiny_study, tmp_path, capsys):
 def test_cli_bad_inputs(tiny_study, tmp_path, capsys):
     path, _ = tiny_study
     assert main(["study", str(path), "--max-runs", "1"]) == 2
-    assert "expands to 2 runs, more than the limit of 1" in capsys.readouterr().err
+    assert "make 2 grid points, more than the limit of 1" in capsys.readouterr().err
     assert main(["study", str(path), "--csv", "x.csv"]) == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: {model: demo}\naxes:\n  sparsity: []\n")

@@ -1,6 +1,8 @@
 """Queue side of a study with the real job store (no worker): submit, progress, stop, resume."""
 from __future__ import annotations
 
+import os
+
 from nsa.jobs.store import JobStore
 from nsa.study import parse_study, runner
 
@@ -27,7 +29,7 @@ def test_submit_progress_stop_and_resume(tmp_path):
     state = runner.progress(plan, store)
     assert (state.queued, state.done, state.fraction) == (3, 0, 0.0)
     # one job is taken by a worker and reports progress; the study's fraction counts it
-    store.claim(ids[0], 12345)
+    store.claim(ids[0], os.getpid())  # a live worker (a dead pid would be recovered)
     store.update(ids[0], stage="prune", progress=0.5, message="layer 2/4")
     state = runner.progress(plan, store)
     assert (state.running, state.queued) == (1, 2) and abs(state.fraction - 0.5 / 3) < 1e-9

@@ -1,12 +1,11 @@
 """Study file parsing: the good structure and every bad input the issue lists (with line numbers)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from nsa.errors import NSAError
 from nsa.study.spec import DEFAULT_MAX_RUNS, dump_study, load_study, parse_study
+from tests.conftest import ROOT
 
 GOOD = """\
 name: tiny
@@ -44,7 +43,7 @@ def test_load_study_names_it_after_the_file(tmp_path):
 
 
 def test_shipped_demo_study_parses():
-    study = load_study(Path(__file__).resolve().parents[3] / "studies" / "demo.yaml")
+    study = load_study(ROOT / "studies" / "demo.yaml")
     assert set(study.axes["method"]) >= {"magnitude", "wanda", "sparsegpt"}
     assert study.axes["source"] == ["demo-generic", "demo-reviews"]
     assert min(study.axes["sparsity"]) == pytest.approx(0.3) and max(study.axes["sparsity"]) == pytest.approx(0.8)

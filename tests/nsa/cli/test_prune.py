@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nsa.cli import main
+from nsa.masks import apply_masks
+from nsa.models import load_model
 
 ROOT_ARGS = ["prune", "--method", "wanda", "--sparsity", "0.5"]
 
@@ -75,9 +77,9 @@ BAD = {
     "uncached_hub_id": (lambda r, t: ["--model", "nobody/not-a-cached-model", "--calib-tokens",
                                       str(r / "calib.safetensors")], "not in the local Hugging Face cache"),
     "sparsity_high": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
-                                    "--sparsity", "1.0"], r"outside \[0, 1\)"),
+                                    "--sparsity", "1.0"], r"--sparsity: must be in \[0, 1\)"),
     "sparsity_negative": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
-                                        "--sparsity", "-0.2"], r"outside \[0, 1\)"),
+                                        "--sparsity", "-0.2"], r"--sparsity: must be in \[0, 1\)"),
     "n_ge_m": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
                              "--pattern", "4:4"], "0 < N < M"),
     "d_in_not_divisible": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
@@ -91,21 +93,46 @@ BAD = {
     "out_of_vocab": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens",
                                    _calib_file(t, torch.full((2, 8), 5000, dtype=torch.long))], "vocabulary"),
     "nsamples_zero": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
-                                    "--nsamples", "0"], "at least 1"),
+                                    "--nsamples", "0"], "--nsamples 0: must be a positive integer"),
     "no_decoder_layers": (lambda r, t: ["--model", _no_layers_model(t), "--calib-tokens",
                                         str(r / "calib.safetensors")], "no decoder layers"),
     "unknown_method": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
                                      "--method", "obs"], "gblm, magnitude, ria, sparsegpt, wanda"),
     "foreign_option": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
-                                     "--percdamp", "0.1"], "has no option"),
+                                     "--percdamp", "0.1"], "--percdamp: unknown option for method wanda"),
     "no_calibration": (lambda r, t: ["--model", str(r / "model")], "needs calibration"),
+    "bad_option_value": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                       "--block-size", "0"], "--block-size: must be at least 1, got '0'"),
+    "no_cuda": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                              "--device", "cuda"], "--device: this machine has no CUDA GPU"),
+    "bad_device": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                 "--device", "banana"], "--device: unknown device 'banana'"),
+    "bad_calib_device": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                       "--calib-device", "banana"], "--calib-device: unknown device 'banana'"),
+    "out_is_a_file": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                    "--out", str(r / "calib.safetensors")], "is a file: give a folder"),
+    "huge_seed": (lambda r, t: ["--model", str(r / "model"), "--calib-tokens", str(r / "calib.safetensors"),
+                                "--seed", str(2**70)], "--seed .*: must be in"),
+    "huge_model_name": (lambda r, t: ["--model", "x" * 5000, "--calib-tokens", str(r / "calib.safetensors")],
+                        "5000 characters is not a path or a hub id"),
+    "pickled_checkpoint": (lambda r, t: ["--model", _pickle_only_model(t), "--calib-tokens",
+                                         str(r / "calib.safetensors")], "a pickle .* refuses"),
 }
+
+
+def _pickle_only_model(tmp_path) -> str:
+    """A folder holding config.json and a pytorch_model.bin only (never loaded: the check reads names)."""
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    return str(folder)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input(case, reference_dir, tmp_path, capsys):
     build, match = BAD[case]
-    args = ROOT_ARGS + build(reference_dir, tmp_path) + ["--out", str(tmp_path / "out")]
+    args = ROOT_ARGS + ["--out", str(tmp_path / "out")] + build(reference_dir, tmp_path)
     t0 = time.perf_counter()
     assert main(args) == 2
     assert time.perf_counter() - t0 < 5
@@ -143,9 +170,6 @@ def test_cli_calibration_and_tokens_exclusive(reference_dir, tmp_path, capsys):
 def test_cli_channel_permutation_writes_the_weights_the_masks_need(reference_dir, tmp_path):
     """RIA's permutation moves weights: the CLI writes weights.safetensors even without --save-weights, and
     masks + weights on a fresh copy of the dense model give exactly the pruned model's N:M weights."""
-    from nsa.masks import apply_masks
-    from nsa.models import load_model
-
     out = tmp_path / "run"
     assert main(_ref_args(reference_dir, out, "--method", "ria", "--pattern", "2:4",
                           "--channel-permutation", "true")) == 0

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import ROOT
+
 PAGE = str(ROOT / "pages" / "study.py")
 
 

@@ -6,11 +6,17 @@ import base64
 import json
 
 import numpy as np
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.app.conftest import ROOT
+from nsa.attribution import NSA_OPTIONS
+from nsa.jobs.spec import parse_spec
+from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
+from nsa_app import results
+from nsa_app.results import run_folder
+from pruners.registry import get_method
+from tests.conftest import ROOT, small_spec
 
 TIMEOUT = 60
 
@@ -47,8 +53,6 @@ def no_errors(at: AppTest) -> None:
 
 
 def test_neurons_page_heatmap_and_table(run_ids, cache_env):
-    from nsa import results
-
     rid = run_ids[0]
     at = page("pages/neurons.py", run=rid)
     no_errors(at)
@@ -69,8 +73,6 @@ def test_neurons_page_heatmap_and_table(run_ids, cache_env):
 
 
 def test_neuron_detail_view(run_ids, cache_env):
-    from nsa import results
-
     rid = run_ids[0]
     labelled = results.neurons(rid).query("label != ''")
     target = labelled.iloc[0] if len(labelled) else results.neurons(rid).iloc[0]
@@ -92,8 +94,6 @@ def test_bad_neuron_is_a_readable_error(run_ids, cache_env):
 
 
 def test_missing_artifact_offers_recompute(run_ids, cache_env):
-    from nsa.results import run_folder
-
     rid = run_ids[1]
     src = run_folder(rid) / "neurons.parquet"
     saved = src.read_bytes()
@@ -108,8 +108,6 @@ def test_missing_artifact_offers_recompute(run_ids, cache_env):
 
 
 def test_semantics_page(run_ids, cache_env):
-    from nsa import results
-
     rid = run_ids[0]
     at = page("pages/semantics.py", run=rid)
     no_errors(at)
@@ -133,8 +131,6 @@ def test_semantics_page(run_ids, cache_env):
 
 
 def test_accuracy_page(run_ids, cache_env):
-    from nsa import results
-
     rid = run_ids[0]
     at = page("pages/accuracy.py", run=rid)
     no_errors(at)
@@ -158,8 +154,6 @@ def test_accuracy_page(run_ids, cache_env):
 
 
 def test_flipped_examples_link_to_neurons(run_ids, cache_env):
-    from nsa import results
-
     with_flips = [r for r in run_ids if len(results.flips(r))]
     if not with_flips:
         pytest.skip("pruning flipped no example in the fixture runs")
@@ -178,12 +172,9 @@ def test_flipped_examples_link_to_neurons(run_ids, cache_env):
 
 
 def test_queue_shows_and_cancels_a_job(cache_env, stories_dir):
-    from nsa.jobs.store import JobStore
-    from tests.app.conftest import small_spec
-
     spec = small_spec(stories_dir, "wanda")
     spec["prune"]["sparsity"] = 0.3  # a spec that has not run: it stays queued (no worker in this test)
-    job_id = JobStore().submit(spec)
+    job_id = submit(spec, start_worker=False).run_id
     at = page("pages/run.py")
     no_errors(at)
     queue = at.dataframe[0].value
@@ -193,8 +184,6 @@ def test_queue_shows_and_cancels_a_job(cache_env, stories_dir):
 
 
 def test_compare_page(run_ids, cache_env):
-    from nsa import results
-
     at = page("pages/compare.py", runs=",".join(run_ids))
     no_errors(at)
     jac = results.mask_jaccard(run_ids[0], run_ids[1])
@@ -205,7 +194,7 @@ def test_compare_page(run_ids, cache_env):
     # activation loss vs accuracy drop: one point per run and cluster, read back from each run's NSA tables
     scatter = figs["Cluster activation loss vs accuracy drop across runs"]["data"]
     for rid in run_ids:
-        drop = results.nsa_summary(rid)["accuracy"]["drop"]
+        drop = 100 * results.eval_comparison(rid)["tasks"]["sst2"]["drop"]
         cl = results.clusters(rid).query("level == 'cluster'").dropna(subset=["relative_lost"])
         for r in cl.itertuples(index=False):
             trace = next(t for t in scatter if t["name"] == r.name)
@@ -214,8 +203,6 @@ def test_compare_page(run_ids, cache_env):
 
 
 def test_run_page_form_from_registry(cache_env):
-    from pruners.registry import get_method
-
     at = page("pages/run.py")
     no_errors(at)
     assert at.selectbox(key="method").value == "wanda"
@@ -225,7 +212,6 @@ def test_run_page_form_from_registry(cache_env):
     generated = {w.key.split("-", 2)[2] for w in list(at.number_input) + list(at.selectbox) + list(at.checkbox)
                  if w.key and w.key.startswith("opt-sparsegpt-")}
     assert generated == declared
-    from nsa.attribution import NSA_OPTIONS  # the NSA form comes from its declarations too
 
     nsa_keys = {w.key.split("-", 2)[2] for w in list(at.number_input) + list(at.checkbox)
                 if w.key and w.key.startswith("opt-nsa-")}
@@ -267,8 +253,6 @@ def test_launching_a_spec_that_already_ran_opens_its_results(run_ids, cache_env,
     no_errors(at)
     at.button(key="launch").click().run()
     no_errors(at)
-    from nsa.jobs.spec import parse_spec
-    from tests.app.conftest import small_spec
 
     expected = parse_spec(small_spec(stories_dir, "wanda")).id
     assert qp(at, "run") == expected

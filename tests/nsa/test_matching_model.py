@@ -6,7 +6,7 @@ import torch
 from nsa import datasets as D
 from nsa import matching as M
 from nsa.neurons import capture, layer_sizes, neuron_sites
-from nsa.words import word_spans
+from nsa.words import select_words, word_spans
 
 WORDS = ["the", "film", "movie", "is", "a", "n't", "and", "it", "of"]
 
@@ -82,7 +82,6 @@ def test_random_word_positions_are_rarely_labelled(stories):
     import dataclasses
     import random
 
-    from nsa.words import select_words
 
     model, tok = stories
     spec = D.get_task("sst2")

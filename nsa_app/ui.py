@@ -3,6 +3,7 @@ run picker, CSV/HTML downloads, and the local-path allow list."""
 from __future__ import annotations
 
 import os
+import runpy
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from nsa.errors import NSAError
-from nsa.paths import cache_dir, data_dir
+from nsa.jobs.submit import Submission, submit
+from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, cache_dir, data_dir
+from nsa_app.figures import to_html
+from nsa_app.results import ArtifactError, list_runs, run_label, spec
+from pruners import PruneError
 
 PAGE_SIZES = (25, 50, 100)
 
@@ -42,9 +47,7 @@ def set_params(**values: Any) -> None:
 def show_error(err: BaseException) -> None:
     """A readable message; artifacts that a re-run would rebuild get a Recompute button; unexpected errors keep
     their traceback folded in an expander, never as the main content."""
-    from nsa.results import ArtifactError
-
-    known = isinstance(err, NSAError) or type(err).__name__ == "PruneError"
+    known = isinstance(err, (NSAError, PruneError))
     st.error(str(err) if known else f"Something went wrong: {type(err).__name__}: {err}")
     if isinstance(err, ArtifactError) and err.recompute and err.artifact != "run folder":
         if st.button("Recompute this run", key=f"recompute-{err.run_id}-{err.artifact}"):
@@ -58,14 +61,9 @@ def show_error(err: BaseException) -> None:
             st.code("".join(traceback.format_exception(err)), language="text")
 
 
-def submit_rerun(run_id: str) -> str:
-    from nsa.jobs.store import JobStore
-    from nsa.jobs.worker import ensure_worker
-    from nsa.results import spec
-
-    job_id = JobStore().submit(spec(run_id), verify=True)
-    ensure_worker()
-    return job_id
+def submit_rerun(run_id: str) -> Submission:
+    """Recompute a run whose artifacts failed verification (the artifacts that still verify are reused)."""
+    return submit(spec(run_id))
 
 
 def guarded(body: Callable[[], None]) -> None:
@@ -76,8 +74,6 @@ def guarded(body: Callable[[], None]) -> None:
     config. Such a run hands over to `app.py`, whose navigation runs the same page properly.
     """
     if not st.session_state.get("nsa_app"):
-        import runpy
-
         runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
         return
     try:
@@ -89,8 +85,6 @@ def guarded(body: Callable[[], None]) -> None:
 # --- runs --------------------------------------------------------------------------------------------------
 def pick_run(label: str = "Run", key: str = "run") -> str | None:
     """Selectbox of complete runs, kept in the URL as `?run=`; None (with a hint) when there is none."""
-    from nsa.results import list_runs, run_label
-
     runs = list_runs()
     if runs.empty:
         st.info("No finished run yet: launch one on the Run page.")
@@ -117,8 +111,6 @@ def table(df: pd.DataFrame, name: str, **kwargs: Any) -> Any:
 
 def chart(fig: Any, name: str) -> None:
     """A plotly chart with a standalone HTML download (plotly.js embedded; built only when clicked)."""
-    from nsa.figures import to_html
-
     st.plotly_chart(fig, key=f"fig-{name}", config={"displaylogo": False})
     st.download_button("Download HTML", lambda: to_html(fig), file_name=f"{name}.html", mime="text/html",
                        key=f"html-{name}", on_click="ignore")
@@ -129,7 +121,7 @@ def allowed_dirs() -> list[Path]:
     """Folders a path typed into the app may point into: data, cache, and NSA_ALLOWED_DIRS (os.pathsep list)."""
     dirs = [data_dir(), cache_dir()]
     dirs += [Path(p) for p in os.environ.get("NSA_ALLOWED_DIRS", "").split(os.pathsep) if p.strip()]
-    return [d.expanduser().resolve() for d in dirs]
+    return [d.expanduser().resolve() for d in dirs if d is not None]
 
 
 def check_local_path(text: str) -> Path:
@@ -144,8 +136,6 @@ def check_local_path(text: str) -> Path:
 
 def demo_ready() -> bool:
     """The demo model and its data are built (`python -m nsa demo build`)."""
-    from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR
-
     return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
 
 

@@ -5,9 +5,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from nsa.study import figures, findings
+from nsa.study import findings
 from nsa.study.breakpoint import table_breakpoints
 from nsa.study.runner import StudyPlan, study_table
+from nsa_app import study_figures as figures
 
 
 @dataclass

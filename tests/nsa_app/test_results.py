@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nsa import results
 from nsa.errors import NSAError
+from nsa_app import results
+from nsa_app.ui import check_local_path
 
 
 def test_page_of_matches_full_sort(run_ids):
@@ -47,10 +48,17 @@ def test_corrupt_and_missing_artifacts(run_ids):
     saved = path.read_bytes()
     try:
         path.write_text("{not json")
-        with pytest.raises(results.ArtifactError, match="nsa/summary.json is corrupt"):
+        with pytest.raises(results.ArtifactError, match="nsa/summary.json failed verification .size 9 bytes"):
+            results.nsa_summary(rid)
+        # the same size, one byte edited (an accuracy 1.0 -> 0.0 kind of change): caught by the checksum
+        edited = bytearray(saved)
+        edited[saved.index(b":") + 2] ^= 1
+        path.write_bytes(bytes(edited))
+        with pytest.raises(results.ArtifactError, match="nsa/summary.json failed verification .checksum mismatch"):
             results.nsa_summary(rid)
     finally:
         path.write_bytes(saved)
+    assert results.nsa_summary(rid)["task"] == "sst2"
     with pytest.raises(results.ArtifactError, match="does not exist"):
         results.run_folder("0123456789abcdef")
     with pytest.raises(NSAError, match="not a run id"):
@@ -58,8 +66,6 @@ def test_corrupt_and_missing_artifacts(run_ids):
 
 
 def test_local_paths_only_inside_allowed_folders(cache_env, tmp_path, monkeypatch):
-    from nsa.ui import check_local_path
-
     assert check_local_path(str(cache_env / "x")) == (cache_env / "x").resolve()
     with pytest.raises(NSAError, match="NSA_ALLOWED_DIRS"):
         check_local_path("/etc")

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import warnings
 
-from pruners.errors import PruneError
-from pruners.registry import Method, Option, group_options, register
+import numpy as np
+import torch
 
-# torch is imported inside the functions: registering the method (CLI option checks) must not import it.
+from pruners.errors import PruneError
+from pruners.method import LayerContext, Method, ModuleResult, Target, group_options
+from pruners.options import Option
+from pruners.selection import row_mask, threshold_mask
 
 
 def _inverse_factor(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹ after dampening; raises the dampening ×10 until it factors."""
-    import torch
     diag = torch.arange(H.shape[0], device=H.device)
     mean_diag = torch.mean(torch.diag(H))
     damp_frac = percdamp
@@ -53,7 +55,6 @@ def _factor(stats, device, percdamp: float, name: str) -> tuple[torch.Tensor, to
     Dead inputs (H_jj = 0) get H_jj = 1, as the reference does; their weights are zeroed by the caller.
     Linears sharing an input share the statistic object, hence this cache.
     """
-    import torch
     cache = stats.__dict__.setdefault("_hinv", {})
     key = (percdamp, str(device))
     if key not in cache:
@@ -66,8 +67,6 @@ def _factor(stats, device, percdamp: float, name: str) -> tuple[torch.Tensor, to
 
 def _reference_sweep(W: torch.Tensor, Hinv: torch.Tensor, sparsity: float, nm, group: str, blocksize: int):
     """The reference's fasterprune loop on one Linear, in place on W; returns the bool mask."""
-    import torch
-    from pruners.selection import row_mask, threshold_mask
     rows, columns = W.shape
     full_mask = torch.zeros_like(W, dtype=torch.bool)
     layer_mask = None
@@ -113,8 +112,6 @@ def _threshold_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     On CPU the order statistic comes from numpy's introselect, about 10× faster than torch.kthvalue here;
     it is the same value, so the masks are the same.
     """
-    import numpy as np
-    import torch
     if sparsity <= 0:
         return torch.zeros_like(score, dtype=torch.bool)
     k = int(score.numel() * sparsity)
@@ -136,8 +133,6 @@ def _stacked_sweep(W: torch.Tensor, Hinv: torch.Tensor, segments: list[tuple[int
     the reference discards (it keeps q). The trailing-columns update is one GEMM per Linear with the
     reference's operands (BLAS may round a product of another shape or layout differently: seen for 3 rows).
     """
-    import torch
-    from pruners.selection import row_mask
     rows, columns = W.shape
     Wt = W.t().contiguous()  # [columns, rows]
     mask_t = torch.zeros_like(Wt, dtype=torch.bool)
@@ -183,58 +178,61 @@ def _stacked_sweep(W: torch.Tensor, Hinv: torch.Tensor, segments: list[tuple[int
 
 
 def _check(W: torch.Tensor, name: str) -> None:
-    import torch
     if not torch.isfinite(W).all():
         raise PruneError(f"sparsegpt produced non-finite weights in {name}: raise percdamp")
 
 
-def prune_module(W: torch.Tensor, stats, ctx):
+def _prune_one(W: torch.Tensor, stats, name: str, ctx: LayerContext) -> ModuleResult:
     """One Linear. shared_hessian=False runs the reference loop; otherwise the stacked sweep on one Linear."""
     opts = ctx.options
-    Hinv, dead = _factor(stats, W.device, opts["percdamp"], ctx.name)
+    Hinv, dead = _factor(stats, W.device, opts["percdamp"], name)
     W[:, dead] = 0
     if opts["shared_hessian"]:
         mask = _stacked_sweep(W, Hinv, [(0, W.shape[0])], ctx.sparsity, ctx.nm, opts["group"], opts["block_size"])
     else:
         mask = _reference_sweep(W, Hinv, ctx.sparsity, ctx.nm, opts["group"], opts["block_size"])
     mask[:, dead] = True
-    _check(W, ctx.name)
-    return mask, W
+    _check(W, name)
+    return ModuleResult(mask, W)
 
 
-def prune_group(Ws: list[torch.Tensor], stats, ctxs: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prune_stacked(targets: list[Target], stats, ctx: LayerContext) -> list[ModuleResult]:
     """Linears reading one input (one shared `stats`): one sweep over their stacked rows, split back.
 
-    Masks and weights are those `prune_module` gives each Linear (see `_stacked_sweep`).
+    Masks and weights are those `_prune_one` gives each Linear (see `_stacked_sweep`).
     """
-    import torch
-    ctx = ctxs[0]
-    if len({W.shape[1] for W in Ws}) != 1:
-        raise PruneError(f"sparsegpt: Linears sharing an input must have the same input size: {[c.name for c in ctxs]}")
+    if len({t.weight.shape[1] for t in targets}) != 1:
+        raise PruneError(f"sparsegpt: Linears sharing an input must have the same input size: "
+                         f"{[t.name for t in targets]}")
     opts = ctx.options
-    Hinv, dead = _factor(stats, Ws[0].device, opts["percdamp"], ctx.name)
-    W = torch.cat(Ws)
+    Hinv, dead = _factor(stats, targets[0].weight.device, opts["percdamp"], targets[0].name)
+    W = torch.cat([t.weight for t in targets])
     W[:, dead] = 0
     bounds, r = [], 0
-    for w in Ws:
-        bounds.append((r, r + w.shape[0]))
-        r += w.shape[0]
+    for t in targets:
+        bounds.append((r, r + t.weight.shape[0]))
+        r += t.weight.shape[0]
     mask = _stacked_sweep(W, Hinv, bounds, ctx.sparsity, ctx.nm, opts["group"], opts["block_size"])
     mask[:, dead] = True
     out = []
-    for (r0, r1), c in zip(bounds, ctxs):
-        _check(W[r0:r1], c.name)
-        out.append((mask[r0:r1].clone(), W[r0:r1].clone()))
+    for (r0, r1), t in zip(bounds, targets):
+        _check(W[r0:r1], t.name)
+        out.append(ModuleResult(mask[r0:r1].clone(), W[r0:r1].clone()))
     return out
 
 
-prune_module.group = prune_group  # the engine calls this for Linears that share one input statistic
+def prune(targets: list[Target], stats, ctx: LayerContext) -> list[ModuleResult]:
+    if len(targets) > 1:
+        return _prune_stacked(targets, stats, ctx)
+    return [_prune_one(targets[0].weight, stats, targets[0].name, ctx)]
 
-METHOD = register(Method(
-    "sparsegpt", prune_module,
-    group_options("block") + [
+
+METHOD = Method(
+    "sparsegpt", prune,
+    group_options("block") + (
         Option("percdamp", float, 0.01, min=0.0, max=10.0, help="dampening as a fraction of mean(diag H)"),
         Option("shared_hessian", bool, True, help="one Hessian per distinct input (q/k/v, gate/up), their Linears "
                "swept together (same masks); False = one Hessian and one sweep per Linear as the reference"),
-    ],
-    needs=("hessian",), help="OBS reconstruction (Frantar & Alistarh 2023)"))
+    ),
+    needs=("hessian",), joint=lambda options: options["shared_hessian"],
+    help="OBS reconstruction (Frantar & Alistarh 2023)")

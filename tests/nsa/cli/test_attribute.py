@@ -9,8 +9,9 @@ from nsa.cli import main
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--seeds", "2"], "--seeds: must be at least 3"),
-    (["--alpha", "1.5"], "--alpha: must be between 0 and 1"),
+    (["--seeds", "2"], "--seeds: must be at least 20, got '2'"),
+    (["--alpha", "1.5"], "--alpha: must be above 0 and below 1, got '1.5'"),
+    (["--validation", "maybe"], "--validation: expected true or false"),
     (["--n-ablate", "0"], "--n-ablate: must be at least 1"),
     (["--words", "no/such/words.json"], "--words"),
     (["--weights", "w.safetensors"], "does not exist"),
@@ -26,7 +27,7 @@ def test_bad_arguments_fail_fast(extra, message, tmp_path, capsys):
 def test_full_run_on_stories(stories_dir, tmp_path, capsys):
     out = tmp_path / "nsa"
     rc = main(["attribute", "--model", str(stories_dir), "--task", "sst2", "--limit", "40", "--top-k", "6",
-               "--min-df", "2", "--min-occurrences", "5", "--no-validation", "--out", str(out)])
+               "--min-df", "2", "--min-occurrences", "5", "--validation", "false", "--out", str(out)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     summary = json.loads((out / "summary.json").read_text())

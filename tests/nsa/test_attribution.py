@@ -2,26 +2,29 @@
 step 3 (an empty mask changes nothing), validation consistency, bad masks."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
-from nsa.attribution import AttributionConfig, attribute
+import pruners
+from nsa import attribution as A
+from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
-from nsa.matching import MatchConfig
-from nsa.evaluation import run_evaluation
-from nsa.neurons import ablate
-from nsa.validation import ValidationConfig, task_accuracy
-from nsa.words import WordConfig
+from nsa.evaluation import dense_entry, dense_evaluation, load_records, run_evaluation
+from nsa.masks import apply_masks, load_masks, load_weights
+from nsa.neurons import ablate, neuron_sites
+from nsa.validation import task_scores
+from pruners.io import save_result
 
 LIMIT = 48
+OPTIONS = {"top_k": 8, "min_df": 2, "min_occurrences": 5, "n_ablate": 5}
 
 
-def _config(seeds=3):
-    return AttributionConfig(words=WordConfig(top_k=8, min_df=2),
-                             matching=MatchConfig(batch_size=16, min_occurrences=5),
-                             validation=ValidationConfig(n_neurons=5, seeds=seeds, batch_size=16))
+def _config(**options) -> A.NSAConfig:
+    words = options.pop("words", "learned")
+    return A.NSAConfig(task="sst2", words=words, limit=options.pop("limit", LIMIT), options=OPTIONS | options)
 
 
 def magnitude_masks(model, sparsity: float) -> dict:
@@ -39,6 +42,22 @@ def _read(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def attribute(model, tok, config, key, masks=None, weights=None, out_dir=None, progress=None):
+    """NSA as a job runs it: dense records from the shared dense-evaluation cache, the model pruned in place
+    (on a copy here: the session's model stays dense), pruned records of the same examples. The summary gets
+    `reused`: whether the dense part came from the cache (from the progress messages)."""
+    events = []
+    progress = progress or events.append
+    model = copy.deepcopy(model)
+    dense_evaluation("test-model", ["sst2"], limit=config.limit, key=key, model=model, tokenizer=tok)
+    dense = load_records(dense_entry(key, get_task("sst2"), config.limit).folder, "sst2")
+    pruned = lambda: run_evaluation(model, tok, "sst2", limit=config.limit)[1]["sst2"]  # noqa: E731
+    summary = A.attribute(model, tok, config, "test-model", key, dense, masks=masks, weights=weights,
+                          pruned_records=pruned, out_dir=out_dir, progress=lambda e: (progress(e), events.append(e)))
+    summary["reused"] = any("reused from the cache" in e.message for e in events if "dense part" in e.message)
+    return summary, dense
+
+
 @pytest.fixture(scope="module")
 def run(stories, tmp_path_factory):
     """One full run shared by the module; it uses the session's private cache (module fixtures start before
@@ -48,13 +67,13 @@ def run(stories, tmp_path_factory):
     events = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NSA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "nsa-cache"))
-        summary = attribute(model, tok, "sst2", masks=magnitude_masks(model, 0.5), limit=LIMIT, out_dir=out,
-                            progress=events.append, config=_config())
-    return summary, out, events
+        summary, dense = attribute(model, tok, _config(), "stories", masks=magnitude_masks(model, 0.5),
+                                   out_dir=out, progress=events.append)
+    return summary, out, events, dense
 
 
 def test_tables_and_summary_contract(run):
-    summary, out, events = run
+    summary, out, events, _ = run
     for name in ("words", "neuron_labels", "top_examples", "neuron_shift", "clusters", "flips"):
         assert (out / f"{name}.jsonl").is_file(), name
     on_disk = json.loads((out / "summary.json").read_text())
@@ -64,9 +83,16 @@ def test_tables_and_summary_contract(run):
     per = summary["neurons"]["per_cluster"]
     assert sum(c["labelled"] for c in per.values()) == len(labels)
     assert set(summary["validation"]) == {"negative", "positive"}
-    for entry in summary["validation"].values():
+    for cluster, entry in summary["validation"].items():
         assert set(entry) == {"labelled_drop", "random_drop_mean", "random_drop_std", "n_neurons",
-                              "labelled_margin_drop", "random_margin_drop_mean", "random_margin_drop_std"}
+                              "labelled_margin_drop", "random_margin_drop_mean", "random_margin_drop_std",
+                              "p_margin", "p_accuracy", "validated"}
+        detail = summary["validation_detail"]["clusters"][cluster]
+        if entry["n_neurons"]:  # the verdict states the test, its p-value and the number of draws
+            assert f"p = {entry['p_margin']:.3g}, 20 draws" in detail["verdict"]
+            assert entry["validated"] == (entry["p_margin"] < 0.05)
+            assert entry["p_margin"] == (1 + sum(x >= entry["labelled_margin_drop"]
+                                                 for x in detail["random_margin_drops"])) / 21
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     for lab in labels:
@@ -76,7 +102,7 @@ def test_tables_and_summary_contract(run):
 
 
 def test_step3_tables_agree_with_the_records(run):
-    summary, out, _ = run
+    summary, out, _, dense = run
     shift = _read(out / "neuron_shift.jsonl")
     assert len(shift) == summary["neurons"]["labelled"]
     for r in shift:
@@ -84,9 +110,9 @@ def test_step3_tables_agree_with_the_records(run):
         assert 0.2 < r["frac_in"] < 0.8 and 0.2 < r["frac_out"] < 0.8
         assert r["label_survives"] == (r["label_overlap"] >= 0.5)
     flips = _read(out / "flips.jsonl")
-    acc = summary["accuracy"]
-    assert acc["n_lost"] + acc["n_gained"] == len(flips)
-    assert acc["drop"] == pytest.approx(100 * (acc["n_lost"] - acc["n_gained"]) / LIMIT)
+    by_index = {r["index"]: r for r in dense}
+    assert all(by_index[f["index"]]["correct"] == (f["direction"] == "lost") for f in flips)
+    assert "accuracy" not in summary  # accuracy figures come from the evaluation's comparison alone
     clusters = _read(out / "clusters.jsonl")
     for c in (r for r in clusters if r["level"] == "cluster"):
         words = [r for r in clusters if r["level"] == "word" and r["cluster"] == c["name"]]
@@ -95,15 +121,15 @@ def test_step3_tables_agree_with_the_records(run):
 
 def test_cache_reuse_and_an_empty_mask_changes_nothing(stories, run, tmp_path):
     model, tok = stories
-    summary, out, _ = run
+    summary, out, _, _ = run
     zero = {k: torch.zeros_like(v) for k, v in magnitude_masks(model, 0.5).items()}
-    again = attribute(model, tok, "sst2", masks=zero, limit=LIMIT, out_dir=tmp_path, config=_config())
-    assert again["dense_cache_reused"] and again["validation"] == summary["validation"]
+    again, _ = attribute(model, tok, _config(), "stories", masks=zero, out_dir=tmp_path)
+    assert again["reused"] and again["validation"] == summary["validation"]
     assert _read(tmp_path / "neuron_labels.jsonl") == _read(out / "neuron_labels.jsonl")
     for r in _read(tmp_path / "neuron_shift.jsonl"):
         assert r["shift_abs"] == pytest.approx(0, abs=1e-6) and r["label_overlap"] == 1.0
         assert r["frac_in"] == r["frac_out"] == 0
-    assert _read(tmp_path / "flips.jsonl") == [] and again["accuracy"]["drop"] == 0
+    assert _read(tmp_path / "flips.jsonl") == []
     for r in _read(tmp_path / "top_examples.jsonl"):  # nothing pruned: the pruned view equals the dense one
         assert r["pruned_activations"] == pytest.approx(r["activations"], abs=1e-4)
 
@@ -111,17 +137,13 @@ def test_cache_reuse_and_an_empty_mask_changes_nothing(stories, run, tmp_path):
 def test_top_examples_carry_the_pruned_models_activations(stories, run):
     """The side-by-side view: the pruned model's activation of the same neuron on the same tokens, checked
     against a forward-pre-hook on the pruned copy's down projection."""
-    from nsa.datasets import get_task, load_examples, prompt_for
-    from nsa.masks import pruned_copy
-    from nsa.neurons import neuron_sites
-
     model, tok = stories
-    _, out, _ = run
+    _, out, _, _ = run
     rows = _read(out / "top_examples.jsonl")
     assert rows and all(len(r["pruned_activations"]) == len(r["activations"]) == len(r["tokens"]) for r in rows)
     assert any(r["pruned_activations"] != r["activations"] for r in rows)  # half the weights are gone
     row = rows[0]
-    pruned = pruned_copy(model, magnitude_masks(model, 0.5))
+    pruned = apply_masks(copy.deepcopy(model), magnitude_masks(model, 0.5))
     spec = get_task("sst2")
     example = {e["index"]: e for e in load_examples(spec, LIMIT)}[row["example"]]
     prompt = prompt_for(spec, example)
@@ -139,79 +161,68 @@ def test_top_examples_carry_the_pruned_models_activations(stories, run):
 
 
 def test_validation_drop_is_the_ablated_accuracy(stories, run):
+    """The labelled drop is the evaluator's accuracy with those neurons zeroed, against the dense records of the
+    same example set (no second dense evaluation); the margin drop is the class's gold margin lost, by hand."""
     model, tok = stories
-    summary, _, _ = run
-    from nsa.neurons import neuron_sites
-
+    summary, _, _, dense = run
     base = summary["validation_detail"]["baseline_accuracy"]
-    assert base == summary["accuracy"]["dense"]
+    assert base == sum(r["correct"] for r in dense) / len(dense)
     for cluster, detail in summary["validation_detail"]["clusters"].items():
         if "neurons" not in detail:
             continue
         neurons = {}
         for layer, i in detail["neurons"]:
             neurons.setdefault(layer, []).append(i)
-        acc = task_accuracy(model, tok, "sst2", LIMIT, 16, neuron_sites(model), neurons)
+        acc, _ = task_scores(model, tok, get_task("sst2"), LIMIT, 16, neuron_sites(model), neurons)
         assert summary["validation"][cluster]["labelled_drop"] == pytest.approx(100 * (base - acc))
-        assert len(detail["random_drops"]) == 3
-        # the margin drop: mean over this class's examples of (gold - other) log-likelihood lost, by hand
+        assert len(detail["random_drops"]) == len(detail["random_margin_drops"]) == 20
         gold_class = ["negative", "positive"].index(cluster)
-        _, before = run_evaluation(model, tok, "sst2", limit=LIMIT)
         with ablate(neuron_sites(model), neurons):
             _, after = run_evaluation(model, tok, "sst2", limit=LIMIT)
         lost = [(b["loglik"][g] - b["loglik"][1 - g]) - (a["loglik"][g] - a["loglik"][1 - g])
-                for b, a in zip(before["sst2"], after["sst2"]) if (g := b["gold"]) == gold_class]
+                for b, a in zip(dense, after["sst2"]) if (g := b["gold"]) == gold_class]
         assert summary["validation"][cluster]["labelled_margin_drop"] == pytest.approx(sum(lost) / len(lost),
                                                                                         abs=1e-6)
-        assert len(detail["random_margin_drops"]) == 3
 
 
 def test_masks_of_another_model_are_refused(stories, tiny, tmp_path):
     model, tok = stories
     other = magnitude_masks(tiny[0], 0.5)
     with pytest.raises(NSAError, match="masks do not fit this model"):
-        attribute(model, tok, "sst2", masks=other, limit=LIMIT, out_dir=tmp_path, config=_config())
+        attribute(model, tok, _config(), "stories", masks=other, out_dir=tmp_path)
     assert not (tmp_path / "summary.json").exists()
 
 
-def test_bad_settings_are_refused(stories, tmp_path):
-    model, tok = stories
-    with pytest.raises(NSAError, match="at least 3"):
-        attribute(model, tok, "sst2", limit=LIMIT, out_dir=tmp_path, config=_config(seeds=2))
-    with pytest.raises(NSAError, match="classification"):
-        attribute(model, tok, "arc_easy", limit=8, out_dir=tmp_path)
+def test_bad_settings_are_refused():
+    with pytest.raises(NSAError, match="options.seeds: must be at least 20"):
+        _config(seeds=3)
+    with pytest.raises(NSAError, match="task: NSA needs a labelled classification task; 'arc_easy'"):
+        A.NSAConfig(task="arc_easy")
+    with pytest.raises(NSAError, match="words: expected learned, gradient or a word file"):
+        A.NSAConfig(task="sst2", words="nonsense")
 
 
 def test_gradient_words_run_and_are_cached(stories, tmp_path):
     model, tok = stories
-    config = _config()
-    config.validate = False
-    first = attribute(model, tok, "sst2", words="gradient", limit=24, out_dir=tmp_path / "a", config=config)
-    second = attribute(model, tok, "sst2", words="gradient", limit=24, out_dir=tmp_path / "b", config=config)
-    assert first["words"]["method"] == "gradient" and second["dense_cache_reused"]
+    config = _config(words="gradient", limit=24, validation=False)
+    first, _ = attribute(model, tok, config, "stories", out_dir=tmp_path / "a")
+    second, _ = attribute(model, tok, config, "stories", out_dir=tmp_path / "b")
+    assert first["words"]["method"] == "gradient" and second["reused"]
     assert _read(tmp_path / "a" / "words.jsonl") == _read(tmp_path / "b" / "words.jsonl")
     assert first["validation"] == {} and "neuron_shift" not in {p.stem for p in (tmp_path / "a").iterdir()}
 
 
 def test_sparsegpt_run_folder_files(tiny, tmp_path):
     """Masks and SparseGPT weights from the pruning engine's files: the pruned pass uses the updated weights."""
-    import copy
-
-    import pruners
-    from pruners.io import save_result
-
     model, tok = tiny
     calib = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(0))
     result = pruners.prune(copy.deepcopy(model), calib, pruners.PruneConfig(method="sparsegpt", sparsity=0.5))
     save_result(result, tmp_path / "run", save_weights=True)
-    config = _config()
-    config.validate = False
-    with_w = attribute(model, tok, "sst2", masks=tmp_path / "run" / "masks.safetensors",
-                       weights=tmp_path / "run" / "weights.safetensors", limit=24, out_dir=tmp_path / "w",
-                       config=config)
-    without = attribute(model, tok, "sst2", masks=tmp_path / "run" / "masks.safetensors", limit=24,
-                        out_dir=tmp_path / "m", config=config)
-    assert with_w["dense_cache_reused"] is False and without["dense_cache_reused"] is True
+    config = _config(limit=24, validation=False)
+    masks, weights = load_masks(tmp_path / "run"), load_weights(tmp_path / "run" / "weights.safetensors")
+    with_w, _ = attribute(model, tok, config, "tiny", masks=masks, weights=weights, out_dir=tmp_path / "w")
+    without, _ = attribute(model, tok, config, "tiny", masks=masks, out_dir=tmp_path / "m")
+    assert not with_w["reused"] and without["reused"]
     a, b = _read(tmp_path / "w" / "neuron_shift.jsonl"), _read(tmp_path / "m" / "neuron_shift.jsonl")
     assert len(a) == len(b) > 0
     assert any(abs(x["pruned_mean"] - y["pruned_mean"]) > 1e-4 for x, y in zip(a, b))

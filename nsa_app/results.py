@@ -20,37 +20,39 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import torch
+from safetensors import safe_open
 
-from nsa.atomic import atomic_path
+from nsa.artifacts import Entry, read_jsonl
+from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
-from nsa.paths import cache_dir
+from nsa.jobs import runs
+from nsa.jobs.runs import run_entry
+from nsa.validation import loss_accuracy_correlation
+from pruners.families import mlp_sites_from_names
 
 HIST_BINS = 20
 _LAYER_RE = re.compile(r"\.(?:layers|h|layer|decoder\.layers)\.(\d+)\.(.+?)(?:\.weight)?$")
 
 
 class ArtifactError(NSAError):
-    """A run artifact is missing or corrupt. `recompute` says whether re-submitting the run's spec rebuilds it."""
+    """A run artifact is missing or fails verification. `recompute` says whether re-submitting the run's spec
+    rebuilds it."""
 
     def __init__(self, run_id: str, artifact: str, problem: str, recompute: bool = True):
-        self.run_id, self.artifact, self.problem, self.recompute = run_id, artifact, problem, recompute
-        hint = " Re-run the job to recompute it." if recompute else ""
+        self.run_id, self.artifact, self.recompute = run_id, artifact, recompute
+        hint = " Recompute the run to rebuild it." if recompute else ""
         super().__init__(f"run {run_id}: {artifact} {problem}.{hint}")
 
 
-# --- locating runs ----------------------------------------------------------------------------------------
-def runs_root() -> Path:
-    return cache_dir() / "runs"
-
-
+# --- locating and verifying runs -----------------------------------------------------------------------------
 def run_folder(run_id: str) -> Path:
-    """The folder of a complete run (hidden/partial folders are never runs)."""
-    if not run_id or not re.fullmatch(r"[A-Za-z0-9_-]+", run_id):
-        raise NSAError(f"not a run id: {run_id!r} (run ids are letters, digits, - and _)")
-    folder = runs_root() / run_id
-    if not folder.is_dir():
-        raise ArtifactError(run_id, "run folder", "does not exist (deleted, or the job has not finished)")
-    return folder
+    """The folder of a complete run (the one locator, `nsa.jobs.runs.run_entry`)."""
+    entry = run_entry(run_id)
+    if not entry.folder.is_dir():
+        raise ArtifactError(run_id, "run folder", "does not exist (deleted, or the job has not finished)",
+                            recompute=False)
+    return entry.folder
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -59,12 +61,17 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _artifact(run_id: str, rel: str, required: bool = True) -> Path | None:
-    path = run_folder(run_id) / rel
-    if not path.is_file():
+    """The artifact's path once it verifies against the run's manifest (size always, hash once per process);
+    a missing optional artifact is None; a changed one is an ArtifactError (never shown as if it were real)."""
+    entry = run_entry(run_folder(run_id).name)
+    problem = entry.file_problem(rel)
+    if problem in ("not in the manifest", "missing"):
         if required:
             raise ArtifactError(run_id, rel, "is missing")
         return None
-    return path
+    if problem is not None:
+        raise ArtifactError(run_id, rel, f"failed verification ({problem})")
+    return entry.path(rel)
 
 
 @functools.lru_cache(maxsize=256)
@@ -74,8 +81,7 @@ def _read_json_cached(stamp: tuple) -> Any:
 
 @functools.lru_cache(maxsize=128)
 def _read_jsonl_cached(stamp: tuple) -> pd.DataFrame:
-    rows = [json.loads(line) for line in Path(stamp[0]).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_jsonl(Path(stamp[0])))
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,7 +95,7 @@ def _load(run_id: str, rel: str, reader: Callable, required: bool = True) -> Any
         return None
     try:
         return reader(_stamp(path))
-    except (ValueError, OSError, json.JSONDecodeError) as err:
+    except (ValueError, OSError) as err:
         raise ArtifactError(run_id, rel, f"is corrupt ({type(err).__name__}: {str(err)[:200]})") from None
 
 
@@ -112,26 +118,20 @@ class RunSummary:
     pattern: str
     calibration: str
     tasks: str
-    created: float
+    created: str
     has_eval: bool
     has_nsa: bool
 
 
 def list_runs() -> pd.DataFrame:
-    """One row per complete run folder, newest first."""
+    """One row per run folder with a manifest, newest first (`nsa.jobs.runs.list_runs`)."""
     rows = []
-    root = runs_root()
-    if root.is_dir():
-        for folder in root.iterdir():
-            if folder.name.startswith(".") or not (folder / "spec.json").is_file():
-                continue
-            try:
-                spec = _read_json_cached(_stamp(folder / "spec.json"))
-            except (ValueError, OSError):
-                continue
-            rows.append(RunSummary(**_describe(folder.name, spec), created=folder.stat().st_mtime,
-                                   has_eval=(folder / "eval" / "pruned" / "summary.json").is_file(),
-                                   has_nsa=(folder / "nsa" / "summary.json").is_file()).__dict__)
+    for info in runs.list_runs():
+        if info.spec is None or not info.created:
+            continue
+        files = (run_entry(info.id).manifest() or {}).get("files", {})
+        rows.append(RunSummary(**_describe(info.id, info.spec), created=info.created,
+                               has_eval="eval/comparison.json" in files, has_nsa="nsa/summary.json" in files).__dict__)
     df = pd.DataFrame(rows, columns=list(RunSummary.__dataclass_fields__))
     return df.sort_values("created", ascending=False, ignore_index=True)
 
@@ -159,10 +159,7 @@ def spec(run_id: str) -> dict:
 
 
 # --- masks: per-module sparsity and overlaps ---------------------------------------------------------------
-def _app_cache(run_id: str) -> Path:
-    folder = cache_dir() / "app" / run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+APP_FORMAT = 1
 
 
 def split_param(name: str) -> tuple[int, str] | None:
@@ -171,32 +168,30 @@ def split_param(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
-def _derived(run_id: str, name: str, source: str, build: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
-    """A table computed from artifact `source`, kept under cache/app/<run>/ and rebuilt when the source changes."""
-    src = _artifact(run_id, source)
-    stamp = _stamp(src)
-    out = _app_cache(run_id) / f"{name}.parquet"
-    meta = out.with_suffix(".json")
-    if out.is_file() and meta.is_file():
+def _source_sha(run_id: str, rel: str) -> str:
+    _artifact(run_id, rel)  # verified before anything is derived from it
+    return run_entry(run_id).manifest()["files"][rel]["sha256"]
+
+
+def _derived(table: str, sources: dict[str, tuple[str, str]], build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """A table computed from verified run artifacts, kept as a shared cache entry ("app") keyed by the
+    artifacts' checksums: rebuilt only when a source changes, and verified like every other entry."""
+    entry = Entry.keyed("app", APP_FORMAT, {"table": table,
+                                            "sources": {k: _source_sha(*v) for k, v in sources.items()}})
+
+    def fill(tmp: Path) -> None:
         try:
-            if json.loads(meta.read_text()) == list(stamp):
-                return _read_parquet_cached(_stamp(out))
-        except (ValueError, OSError):
-            pass
-    try:
-        df = build(src)
-    except (ValueError, OSError, RuntimeError) as err:
-        raise ArtifactError(run_id, source, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from None
-    with atomic_path(out) as tmp:
-        df.to_parquet(tmp, index=False)
-    with atomic_path(meta) as tmp:
-        Path(tmp).write_text(json.dumps(list(stamp)))
-    return _read_parquet_cached(_stamp(out))
+            df = build()
+        except (ValueError, OSError, RuntimeError) as err:
+            run_id, rel = next(iter(sources.values()))
+            raise ArtifactError(run_id, rel, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from None
+        df.to_parquet(tmp / "table.parquet", index=False)
+
+    entry.ensure(fill)
+    return _read_parquet_cached(_stamp(entry.path("table.parquet")))
 
 
 def _sparsity_table(path: Path) -> pd.DataFrame:
-    from safetensors import safe_open
-
     rows = []
     with safe_open(str(path), framework="pt") as f:
         for key in f.keys():
@@ -205,7 +200,7 @@ def _sparsity_table(path: Path) -> pd.DataFrame:
                 continue
             t = f.get_tensor(key)
             rows.append({"layer": where[0], "module": where[1], "param": key, "numel": t.numel(),
-                         "pruned": int(t.sum(dtype=__import__("torch").int64))})
+                         "pruned": int(t.sum(dtype=torch.int64))})
     df = pd.DataFrame(rows, columns=["layer", "module", "param", "numel", "pruned"])
     df["sparsity"] = df["pruned"] / df["numel"].clip(lower=1)
     return df.sort_values(["layer", "module"], ignore_index=True)
@@ -213,7 +208,8 @@ def _sparsity_table(path: Path) -> pd.DataFrame:
 
 def module_sparsity(run_id: str) -> pd.DataFrame:
     """One row per pruned weight: layer, module, param, numel, pruned, sparsity."""
-    return _derived(run_id, "module_sparsity", "masks.safetensors", _sparsity_table)
+    return _derived("module_sparsity", {"masks": (run_id, "masks.safetensors")},
+                    lambda: _sparsity_table(_artifact(run_id, "masks.safetensors")))
 
 
 def sparsity_matrix(run_id: str) -> pd.DataFrame:
@@ -224,12 +220,10 @@ def sparsity_matrix(run_id: str) -> pd.DataFrame:
 
 def mask_jaccard(run_a: str, run_b: str) -> pd.DataFrame:
     """Per layer and module, |A ∩ B| / |A ∪ B| of the pruned entries of two runs' masks (same model)."""
-    from safetensors import safe_open
-
+    run_a, run_b = sorted([run_a, run_b])
     a_path, b_path = _artifact(run_a, "masks.safetensors"), _artifact(run_b, "masks.safetensors")
-    key = "jaccard_" + "_".join(sorted([run_a, run_b]))
 
-    def build(_src: Path) -> pd.DataFrame:
+    def build() -> pd.DataFrame:
         rows = []
         with safe_open(str(a_path), framework="pt") as fa, safe_open(str(b_path), framework="pt") as fb:
             common = sorted(set(fa.keys()) & set(fb.keys()))
@@ -247,10 +241,7 @@ def mask_jaccard(run_a: str, run_b: str) -> pd.DataFrame:
                              "jaccard": int((x & y).sum()) / union if union else 1.0})
         return pd.DataFrame(rows, columns=["layer", "module", "jaccard"])
 
-    # keyed on run_a's masks; run_b's stamp is part of the cache name's meta through _derived of run_a only,
-    # so include it in the name too
-    b_stamp = _stamp(b_path)
-    return _derived(run_a, f"{key}_{b_stamp[1]}", "masks.safetensors", build)
+    return _derived("mask_jaccard", {"a": (run_a, "masks.safetensors"), "b": (run_b, "masks.safetensors")}, build)
 
 
 # --- neurons -----------------------------------------------------------------------------------------------
@@ -355,8 +346,6 @@ def _nsa_row(run_id: str, rel: str, layer: int, index: int) -> dict | None:
 
 def neuron_masks(run_id: str, layer: int, index: int) -> dict[str, np.ndarray]:
     """The neuron's mask entries per weight: its output row in gate/up (fc1), its input column in down (fc2)."""
-    from pruners.families import mlp_sites_from_names
-    from safetensors import safe_open
 
     path = _artifact(run_id, "masks.safetensors")
     with safe_open(str(path), framework="pt") as f:
@@ -524,8 +513,6 @@ def eval_flips(run_id: str, task: str) -> pd.DataFrame:
     """Examples of `task` whose correctness changed from dense to pruned, from the per-example evaluation
     records: index, direction (lost = dense right, pruned wrong; gained = the reverse), gold and both
     predictions, and the prompt text the model saw."""
-    from nsa.datasets import get_task, load_examples, prompt_for
-
     dense = read_table(run_id, f"eval/dense/{task}.jsonl", required=False)
     pruned = read_table(run_id, f"eval/pruned/{task}.jsonl", required=False)
     cols = ["index", "direction", "gold", "dense_prediction", "pruned_prediction", "text"]
@@ -572,23 +559,23 @@ def compare_accuracy(run_ids: list[str]) -> pd.DataFrame:
 
 def loss_vs_drop(run_ids: list[str]) -> tuple[pd.DataFrame, dict]:
     """Per run and cluster: the cluster's relative activation loss after pruning beside the run's accuracy drop
-    on the NSA task, and per cluster their correlation across the runs (`nsa.validation`; None under 3 runs).
-    Runs without NSA-with-masks tables are left out."""
-    from nsa.validation import loss_accuracy_correlation
-
+    on the NSA task (from the evaluation's comparison, the one source of accuracy figures), and per cluster their
+    correlation across the runs (`nsa.validation`; None under 3 runs). Runs without NSA-with-masks tables are
+    left out."""
     rows = []
     for rid in run_ids:
         summary = read_json(rid, "nsa/summary.json", required=False) or {}
-        drop = (summary.get("accuracy") or {}).get("drop")
+        task = summary.get("task")
+        comparison = ((eval_comparison(rid) or {}).get("tasks") or {}).get(task) or {}
         table = read_table(rid, "nsa/clusters.jsonl", required=False)
-        if drop is None or table is None or table.empty:
+        if comparison.get("drop") is None or table is None or table.empty:
             continue
         for r in table[table["level"] == "cluster"].itertuples(index=False):
             if r.relative_lost is None or pd.isna(r.relative_lost):
                 continue  # a cluster with no labelled neuron has nothing to lose
-            rows.append({"run": run_label(rid), "task": summary.get("task"), "cluster": r.name,
-                         "relative_lost": r.relative_lost, "accuracy_drop": drop})
-    df = pd.DataFrame(rows, columns=["run", "task", "cluster", "relative_lost", "accuracy_drop"])
+            rows.append({"run": run_label(rid), "task": task, "cluster": r.name, "relative_lost": r.relative_lost,
+                         "accuracy_drop": 100 * comparison["drop"], "n": comparison.get("n")})
+    df = pd.DataFrame(rows, columns=["run", "task", "cluster", "relative_lost", "accuracy_drop", "n"])
     return df, loss_accuracy_correlation(df.to_dict("records"))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.conftest import ROOT
+from tests.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
