@@ -18,16 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from nsa.models import load_model  # noqa: E402
+
 os.environ.setdefault("NSA_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 
 
 def load(model_id: str):
-    try:
-        from nsa.models import load_model
-    except ImportError:  # nsa.models not in the tree yet: a local folder through transformers directly
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        return AutoModelForCausalLM.from_pretrained(model_id).eval(), AutoTokenizer.from_pretrained(model_id)
     return load_model(model_id)
 
 

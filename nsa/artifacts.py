@@ -51,11 +51,6 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _HASHED[stamp]
 
 
-def forget_hashes() -> None:
-    """Drop the per-process hash memo (tests that edit a file within one mtime tick use it)."""
-    _HASHED.clear()
-
-
 def versions() -> dict:
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "lm_eval"):

@@ -44,7 +44,7 @@ from nsa.progress import Stages
 from nsa.validation import ValidationConfig, validate
 from nsa.words import SELECTORS, WordConfig, WordSelection, read_word_file, select_words
 from pruners import PruneError
-from pruners.options import Option, resolve_options
+from pruners.options import Option, check_section, resolve_options
 
 DENSE_FORMAT = 4  # 4: shared evaluation records, permutation-tested validation
 WORDS_FORMAT = 1
@@ -107,14 +107,11 @@ class NSAConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> "NSAConfig":
-        if not isinstance(data, dict):
-            raise NSAError(f"expected a mapping with task, words, limit, options; got {data!r}")
-        allowed = {"task", "words", "limit", "options"}
-        unknown = sorted(map(str, set(data) - allowed))
-        if unknown:
-            raise NSAError(f"unknown key (allowed here: {', '.join(sorted(allowed))})", unknown[0])
-        if data.get("task") is None:
-            raise NSAError("missing (the labelled classification task to attribute, e.g. demo-reviews)", "task")
+        try:
+            check_section(data, {"task", "words", "limit", "options"}, "task",
+                          "the labelled classification task to attribute, e.g. demo-reviews")
+        except PruneError as err:
+            raise NSAError(err.problem, err.field) from None
         return cls(task=data["task"], words=data.get("words", "learned"), limit=data.get("limit"),
                    options=data.get("options") or {})
 

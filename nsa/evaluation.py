@@ -72,8 +72,9 @@ def evaluate(model, tokenizer, tasks, limit: int | None = None, out_dir: str | P
 
 def run_evaluation(model, tokenizer, tasks, limit: int | None = None, progress: Callable | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, max_length: int | None = None, online: bool = False,
-                   ppl_seqlen: int | None = None) -> tuple[dict, dict[str, list[dict]]]:
-    """`evaluate` without writing: (summary, {task: records})."""
+                   ppl_seqlen: int | None = None, only: set[int] | None = None) -> tuple[dict, dict[str, list[dict]]]:
+    """`evaluate` without writing: (summary, {task: records}). `only`: score just the rows of the example set
+    with these indices (the validation's class-specific ablations); records keep their `index`."""
     specs = resolve_tasks(tasks)
     D.check_limit(limit)
     for name, value in (("batch_size", batch_size), ("max_length", max_length)):
@@ -89,7 +90,7 @@ def run_evaluation(model, tokenizer, tasks, limit: int | None = None, progress: 
     if choice_specs:
         span = len(choice_specs) / len(specs)
         entries, recs, timing = _run_harness(model, tokenizer, choice_specs, limit, batch_size, max_length,
-                                             online, report.part(0.0, span))
+                                             online, report.part(0.0, span), only)
         summary["tasks"].update(entries)
         records.update(recs)
         summary["timing"].update(timing)
@@ -115,11 +116,12 @@ def write_outputs(out_dir: str | Path, summary: dict, records: dict[str, list[di
     write_json(out / "summary.json", summary)
 
 
-def _run_harness(model, tokenizer, specs, limit, batch_size, max_length, online, report):
+def _run_harness(model, tokenizer, specs, limit, batch_size, max_length, online, report, only=None):
     if online and any(s.harness_task is None for s in specs):
         raise NSAError("online=True runs the harness's own tasks; these have none: "
                        + ", ".join(s.name for s in specs if s.harness_task is None))
-    rows = {} if online else {s.name: D.load_examples(s, limit=limit) for s in specs}
+    rows = {} if online else {s.name: [r for r in D.load_examples(s, limit=limit) if only is None or r["index"] in only]
+                              for s in specs}
     report(0.0, "starting lm-evaluation-harness")
     t0 = time.time()
     with _quiet_harness():

@@ -198,7 +198,7 @@ def stream(model, encoded: list[Encoded], sites, sizes: list[int], n_words: int,
             batch = encoded[start:start + batch_size]
             ids, att = padded(batch, device)
             acc.start_batch(batch, ids.shape[1], device)
-            model(input_ids=ids, attention_mask=att, use_cache=False)
+            model.base_model(input_ids=ids, attention_mask=att, use_cache=False)  # no lm_head: only MLPs are read
             if progress is not None:
                 done = min(start + batch_size, len(encoded))
                 progress(ProgressEvent(done / len(encoded), f"{message} {done}/{len(encoded)} prompts", message))
@@ -379,7 +379,7 @@ def token_activations(model, sites, by_index: dict[int, Encoded], wanted: dict[i
         ids, att = padded(batch, device)
         with torch.no_grad(), capture(sites, lambda layer, a: captured.__setitem__(
                 layer, a[..., columns[layer]].float().cpu() if layer in columns else None)):
-            model(input_ids=ids, attention_mask=att, use_cache=False)
+            model.base_model(input_ids=ids, attention_mask=att, use_cache=False)  # no lm_head: only MLPs are read
         for b, e in enumerate(batch):
             pos = e.text_positions
             for layer, neuron in wanted[e.index]:

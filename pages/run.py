@@ -14,9 +14,9 @@ from nsa.errors import NSAError
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
 from nsa_app import ui
-from pruners.registry import get_method, list_methods
+from pruners import get_method, list_methods
+from pruners.config import COMMON_PATTERNS
 
-PATTERNS = ["unstructured", "2:4", "4:8"]
 QUEUE_POLL_S = 2.0
 
 
@@ -58,7 +58,7 @@ def build_spec() -> dict:
             sparsity = st.slider("Sparsity", 0.0, 0.95, 0.7, 0.05, key="sparsity-demo")
         else:
             sparsity = st.slider("Sparsity", 0.0, 0.95, 0.5, 0.05, key="sparsity")
-        pattern = st.selectbox("Pattern", PATTERNS, key="pattern")
+        pattern = st.selectbox("Pattern", COMMON_PATTERNS, key="pattern")
         options = {}
         if m.options:
             with st.expander(f"{method} options", expanded=False):

@@ -13,37 +13,14 @@ from nsa.errors import NSAError
 from nsa.study import library, runner
 from nsa_app import study_report as report
 from nsa_app import ui
-from pruners.registry import list_methods
+from pruners import list_methods
+from pruners.config import COMMON_PATTERNS
 
 SPARSITY_CHOICES = [round(0.1 * k, 1) for k in range(1, 10)]
 
 
-def _options(loader, fallback: list[str]) -> list[str]:
-    try:
-        return list(loader())
-    except (ImportError, NSAError):
-        return fallback
-
-
-def _methods() -> list[str]:
-    def load():
-        return list_methods()
-
-    return _options(load, ["magnitude", "wanda", "sparsegpt"])
-
-
-def _sources() -> list[str]:
-    def load():
-        return list_calibration_sources()
-
-    return _options(load, ["demo-generic", "demo-reviews"])
-
-
 def _tasks() -> list[str]:
-    def load():
-        return [t for t in list_tasks() if t not in ("wikitext2", "c4")]
-
-    return _options(load, ["demo-reviews", "demo-unseen"])
+    return [t for t in list_tasks() if t not in ("wikitext2", "c4")]
 
 
 def _pick(options: list[str], wanted: list[str]) -> list[str]:
@@ -55,11 +32,11 @@ def define_form() -> None:
     model = ui.model_input(prefix="study-")
     with st.form("define-study"):
         name = st.text_input("Study name", value="my-study", key="study-name", help="letters, digits, '_', '-' or '.'")
-        pattern = st.selectbox("Pattern", ["unstructured", "2:4", "4:8"], key="study-pattern")
-        methods = st.multiselect("Methods (axis)", _methods(), key="study-methods", default=_pick(_methods(), ["magnitude", "wanda",
-                                                                                        "sparsegpt"]))
-        sources = st.multiselect("Calibration sources (axis)", _sources(), key="study-sources",
-                                 default=_pick(_sources(), ["demo-generic", "demo-reviews"]))
+        pattern = st.selectbox("Pattern", COMMON_PATTERNS, key="study-pattern")
+        methods = st.multiselect("Methods (axis)", list_methods(), key="study-methods",
+                                 default=_pick(list_methods(), ["magnitude", "wanda", "sparsegpt"]))
+        sources = st.multiselect("Calibration sources (axis)", list_calibration_sources(), key="study-sources",
+                                 default=_pick(list_calibration_sources(), ["demo-generic", "demo-reviews"]))
         sparsities = st.multiselect("Sparsities (axis)", SPARSITY_CHOICES, key="study-sparsities", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
         c3, c4, c5 = st.columns(3)
         n_seeds = c3.number_input("Calibration seeds", key="study-seeds", min_value=1, max_value=10, value=3, help="seeds 0..n-1")

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pruners.errors import PruneError
-from pruners.options import resolve_options
+from pruners.options import check_section, resolve_options
 from pruners.registry import get_method
 
 UNSTRUCTURED = "unstructured"
+COMMON_PATTERNS = (UNSTRUCTURED, "2:4", "4:8")  # what forms offer; the grammar takes any N:M
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: Any) -> "PruneConfig":
         """From a mapping such as a job spec's `prune:` section; unknown keys are a PruneError."""
-        if not isinstance(data, dict):
-            raise PruneError(f"expected a mapping with method, sparsity, pattern, options; got {data!r}")
-        allowed = {"method", "sparsity", "pattern", "options"}
-        unknown = sorted(map(str, set(data) - allowed))
-        if unknown:
-            raise PruneError(f"unknown key (allowed here: {', '.join(sorted(allowed))})", unknown[0])
-        if data.get("method") is None:
-            raise PruneError("missing (e.g. magnitude, wanda, sparsegpt)", "method")
+        check_section(data, {"method", "sparsity", "pattern", "options"}, "method", "e.g. magnitude, wanda, sparsegpt")
         return cls(method=data["method"], sparsity=data.get("sparsity", 0.5),
                    pattern=data.get("pattern", UNSTRUCTURED), options=data.get("options") or {})
 

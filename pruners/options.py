@@ -99,6 +99,18 @@ def resolve_options(declared: tuple[Option, ...] | list[Option], given: dict | N
     return out
 
 
+def check_section(data: Any, allowed: set[str], required: str, hint: str) -> dict:
+    """A config section given as a mapping: only `allowed` keys, `required` present (PruneError naming the key)."""
+    if not isinstance(data, dict):
+        raise PruneError(f"expected a mapping with {', '.join(sorted(allowed))}; got {_quote(data)}")
+    unknown = sorted(map(str, set(data) - allowed))
+    if unknown:
+        raise PruneError(f"unknown key (allowed here: {', '.join(sorted(allowed))})", unknown[0])
+    if data.get(required) is None:
+        raise PruneError(f"missing ({hint})", required)
+    return data
+
+
 def _quote(value: Any, limit: int = 80) -> str:
     """repr of a user value, capped: an error message never quotes a huge input whole."""
     text = repr(value)

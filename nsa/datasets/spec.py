@@ -42,8 +42,3 @@ class TaskSpec:
     text_fields: tuple[str, ...] = ("text",)  # fields whose text makes calibration windows / truncation
     field_map: tuple[tuple[str, str], ...] = ()  # (file column, schema field) renames, for custom files
     notes: str = ""
-
-    @property
-    def n_choices(self) -> int | None:
-        return len(self.label_names) if self.label_names else None
-

@@ -234,10 +234,14 @@ def plan_reuse(spec: JobSpec, old: Entry) -> set[str]:
 
 
 class _Progress:
-    """Each stage's `Report` maps into the job's overall fraction; stage changes are logged."""
+    """Each stage's `Report` maps into the job's overall fraction. The log gets stage changes and progress
+    messages, at most one every `LOG_EVERY_S` seconds unless the kind of message (its text without digits) changes."""
+
+    LOG_EVERY_S = 2.0
 
     def __init__(self, progress: Callable | None, log: logging.Logger):
         self.progress, self.log = progress, log
+        self.logged, self.kind = 0.0, ""
 
     def enter(self, stage: str, base: float, weight: float) -> Report:
         self.log.info("stage %s", stage)
@@ -246,8 +250,11 @@ class _Progress:
         return report
 
     def _emit(self, event: ProgressEvent) -> None:
-        if event.message:
+        kind = "".join(c for c in event.message if not c.isdigit())[:40]
+        now = time.time()
+        if event.message and (kind != self.kind or now - self.logged >= self.LOG_EVERY_S):
             self.log.info("%s %.0f%% %s", event.stage, 100 * event.fraction, event.message)
+            self.logged, self.kind = now, kind
         if self.progress is not None:
             self.progress(event)
 

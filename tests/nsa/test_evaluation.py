@@ -14,19 +14,15 @@ from nsa import evaluation as E
 from nsa.cli import main
 from nsa.errors import NSAError
 from nsa.models import model_key
+from tests.nsa.conftest import tiny_llama
 
 CHOICE_TASKS = [n for n in D.list_tasks() if D.get_task(n).kind != "perplexity" and not D.get_task(n).synthetic]
 
 
 @pytest.fixture(scope="module")
 def tiny(stories):
-    """A random 2-layer Llama with a 64-token context, using stories260K's 512-token vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(config).eval(), stories[1]
+    """The tiny random Llama with a 64-token context (long examples must be truncated)."""
+    return tiny_llama(positions=64), stories[1]
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,9 @@ def test_submit_progress_done_then_corrupted_artifact_is_recomputed(cache, spec,
     log = (folder / "logs" / "job.log").read_text()
     for stage in ("load model", "calibration", "dense eval", "prune", "neurons", "pruned eval", "comparison", "nsa"):
         assert f"stage {stage}\n" in log, stage
-    assert len([line for line in log.splitlines() if " prune " in line and "%" in line]) >= 5  # >= once a layer
+    # progress lines are throttled (one per kind of message, or every 2 s): a readable log, not one line a batch
+    prune_lines = [line for line in log.splitlines() if " prune " in line and "%" in line]
+    assert 1 <= len(prune_lines) <= 5 and len(log.splitlines()) < 80
     listing = _nsa("jobs")
     assert job_id in listing.stdout and "done" in listing.stdout
     assert workers.procs[0].wait(60) == 0  # the idle worker exits by itself
