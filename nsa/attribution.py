@@ -188,9 +188,10 @@ class DenseNSA:
     entry: Entry
 
 
-def prepare(model, tokenizer, config: NSAConfig, model_key: str, stages: Stages) -> NSAInputs:
-    """Step 1 (word selection; gradient words are cached per model) and the encoded prompts."""
-    spec = D.get_task(config.task)
+def prepare(model, tokenizer, config: NSAConfig, model_key: str, stages: Stages, spec=None) -> NSAInputs:
+    """Step 1 (word selection; gradient words are cached per model) and the encoded prompts. `spec`: the task as
+    the run asks it (its prompt setting); by default the registered task."""
+    spec = spec or D.get_task(config.task)
     examples = D.load_examples(spec, limit=config.limit)
     texts = {int(ex["index"]): D.example_text(spec, ex) for ex in examples}
     selection = _select(spec, examples, config, model, tokenizer, model_key, stages.step("words", 0.1))
@@ -322,14 +323,15 @@ def write_outputs(out_dir: str | Path, tables: dict[str, list[dict]], summary: d
 def attribute(model, tokenizer, config: NSAConfig, model_id: str, model_key: str, dense_records: list[dict],
               masks: dict | None = None, weights: dict | None = None,
               pruned_records: Callable[[], list[dict]] | None = None, out_dir: str | Path | None = None,
-              progress: Callable | None = None) -> dict:
+              progress: Callable | None = None, spec=None) -> dict:
     """NSA of the dense `model` and, with `masks`, of its pruned version (`model` is pruned in place after the
     dense part). `dense_records` are the evaluation records of the task's example set; `pruned_records()`
-    evaluates the pruned model on it. Returns the summary (also written to `out_dir`)."""
+    evaluates the pruned model on it; `spec`: the task as asked (prompt setting). Returns the summary (also
+    written to `out_dir`)."""
     stages = Stages(progress, "nsa")
     if masks is not None:
         check_masks(model, masks)
-    inputs = prepare(model, tokenizer, config, model_key, stages)
+    inputs = prepare(model, tokenizer, config, model_key, stages, spec)
     dense = dense_part(model, tokenizer, inputs, dense_records, model_key, stages)
     pruned = None
     if masks is not None:

@@ -233,7 +233,10 @@ def _task_entry(spec, results: dict, records: list[dict], max_length: int, limit
     entry.update({
         "ci_method": "Wilson score 95% interval on the accuracy; *_stderr is the harness's standard error",
         "n_truncated": sum(r["truncated"] for r in records), "max_length": max_length, "limit": limit,
-        "prompt": spec.prompt, "choices": list(spec.label_names) or "per example", "data_file": data_file,
+        "prompt": spec.prompt, "prompt_setting": dict(spec.prompt_setting) or "reference",
+        "chat_template": list(spec.chat) if spec.chat else None, "fewshot_rows": list(spec.shot_indices),
+        "target_delimiter": spec.target_delimiter,
+        "choices": list(spec.label_names) or "per example", "data_file": data_file,
         "majority_baseline": max(golds.count(g) for g in set(golds)) / n if n else None,
     })
     return entry
@@ -342,7 +345,7 @@ def task_fingerprint(spec: D.TaskSpec, limit: int | None) -> str:
     """Digest of what decides a task's results besides the model: prompt, choices, metrics and the rows."""
     rows = D.load_examples(spec, limit=limit)
     return digest([EVAL_FORMAT, spec.prompt, list(spec.label_names), spec.target_delimiter, list(spec.metrics),
-                   spec.partial, rows], 16)
+                   spec.partial, spec.shots, spec.chat, rows], 16)
 
 
 def dense_entry(model_key: str, spec: D.TaskSpec, limit: int | None) -> Entry:

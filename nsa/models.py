@@ -8,7 +8,9 @@ a pickle runs code. Model code from the hub never runs unless `trust_remote_code
 """
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from nsa import gguf
 from nsa.artifacts import digest, sha256_file
 from nsa.errors import NSAError
 from nsa.hub import ensure_offline_if_unreachable, is_offline
-from nsa.paths import DEMO_MODEL_DIR, cache_dir
+from nsa.paths import DEMO_MODEL_DIR, cache_dir, models_dir
 
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -178,3 +180,94 @@ def local_model_key(model_id: str) -> str | None:
         return model_key(model_id)
     except NSAError:
         return None
+
+
+# --- what the app's picker lists --------------------------------------------------------------------------
+SUGGESTED_HUB_MODELS = ("HuggingFaceTB/SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct",
+                        "Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.2-1B")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model the app offers: what to pass as `model`, how to show it."""
+
+    model: str  # "demo", an absolute path, or a hub id
+    kind: str  # demo | folder | gguf | hub
+    family: str  # config model_type or GGUF architecture ("?" when unknown)
+    size_bytes: int | None
+    parameters: int | None
+    available: bool  # False: a hub id that needs a download (not in the local cache)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        size = f" · {self.size_bytes / 1e6:,.0f} MB" if self.size_bytes else ""
+        params = f" · {self.parameters / 1e6:,.1f}M parameters" if self.parameters else ""
+        name = "demo (synthetic)" if self.kind == "demo" else (Path(self.model).name if self.kind != "hub"
+                                                                else self.model)
+        where = {"gguf": "GGUF", "folder": "folder", "demo": "", "hub": "hub"}[self.kind]
+        status = "" if self.available else " · needs a download"
+        return f"{name} · {self.family}{params}{size}{' · ' + where if where else ''}{status}{self.note}"
+
+
+def local_models() -> list[ModelEntry]:
+    """The demo, then every transformers folder and GGUF file directly under `NSA_MODELS_DIR` (or one level
+    down), with family and size; unreadable entries are listed with a note rather than hidden."""
+    out = [_folder_entry(DEMO_MODEL_DIR, "demo")]
+    root = models_dir()
+    if root is None or not root.is_dir():
+        return out
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and (path / "config.json").is_file():
+            out.append(_folder_entry(path, "folder"))
+        candidates = [path] if path.suffix == ".gguf" else sorted(path.glob("*.gguf")) if path.is_dir() else []
+        for file in candidates:
+            out.append(_gguf_entry(file))
+    return out
+
+
+def hub_suggestions() -> list[ModelEntry]:
+    """Well-known small hub models, marked available when their snapshot is in the local HF cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    out = []
+    for model_id in SUGGESTED_HUB_MODELS:
+        cached = isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+        out.append(ModelEntry(model_id, "hub", "?", None, None, cached))
+    return out
+
+
+def _folder_entry(path: Path, kind: str) -> ModelEntry:
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ModelEntry(str(path) if kind != "demo" else "demo", kind, "?", None, None, False,
+                          " · config.json unreadable")
+    size = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+    return ModelEntry("demo" if kind == "demo" else str(path), kind, str(config.get("model_type", "?")),
+                      size or None, _parameters(config), kind == "demo" or size > 0,
+                      "" if size or kind == "demo" else " · no safetensors weights")
+
+
+def _gguf_entry(file: Path) -> ModelEntry:
+    try:
+        info = gguf.inspect_gguf(file)
+    except NSAError as err:
+        return ModelEntry(str(file), "gguf", "?", file.stat().st_size, None, False, f" · {str(err)[:80]}")
+    return ModelEntry(str(info.path), "gguf", info.architecture, info.size, info.n_parameters, True)
+
+
+def _parameters(config: dict) -> int | None:
+    """Parameters of a Llama-like config (embeddings, attention, MLP, norms), or None when the shape is unknown."""
+    try:
+        h, n, ffn, v = (int(config[k]) for k in ("hidden_size", "num_hidden_layers", "intermediate_size",
+                                                 "vocab_size"))
+        heads = int(config["num_attention_heads"])
+        kv = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or h // heads)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+    per_layer = attention + 3 * h * ffn + 2 * h
+    embeddings = v * h * (1 if config.get("tie_word_embeddings", True) else 2)
+    return n * per_layer + embeddings + h

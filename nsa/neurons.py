@@ -115,8 +115,9 @@ def pruned_fractions(masks: dict) -> list[dict]:
 
 # --- prompts, words and tokens ----------------------------------------------------------------------------
 def text_regions(spec, example: dict, prompt: str) -> list[tuple[int, int]]:
-    """Character spans of the example's own text fields inside its prompt (template words excluded)."""
-    regions, cursor = [], 0
+    """Character spans of the example's own text fields inside its prompt (template words, the chat template and
+    the few-shot examples excluded: the search starts after them)."""
+    regions, cursor = [], len((spec.chat or ("", ""))[0]) + len(spec.shots)
     for name in spec.text_fields:
         if name not in example:
             continue

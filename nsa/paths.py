@@ -16,6 +16,12 @@ def data_dir() -> Path | None:
     return Path(value).expanduser().resolve() if value else None
 
 
+def models_dir() -> Path | None:
+    """Local models folder (`NSA_MODELS_DIR`): transformers folders and GGUF files the app lists; None when unset."""
+    value = os.environ.get("NSA_MODELS_DIR")
+    return Path(value).expanduser().resolve() if value else None
+
+
 def cache_dir() -> Path:
     """Root of runs, dense results, calibration sets and the job store (`NSA_CACHE_DIR`, default `cache/`)."""
     value = os.environ.get("NSA_CACHE_DIR")

@@ -12,6 +12,8 @@ from pathlib import Path
 from nsa import attribution as A
 from nsa.atomic import write_json
 from nsa.cli.bar import Bar
+from nsa.cli.prompt_args import add_prompt_arguments, prompt_from_args
+from nsa.datasets import prompted
 from nsa.errors import NSAError
 from nsa.evaluation import compare_records, dense_entry, dense_evaluation, load_records, run_evaluation
 from nsa.masks import check_mask_files, load_masks, load_weights
@@ -38,6 +40,7 @@ def add_commands(subparsers) -> None:
                        help=f"{opt.help.replace('%', '%%')} (default {opt.default})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32")
+    add_prompt_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -53,25 +56,28 @@ def config_from_args(args: argparse.Namespace) -> A.NSAConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    prompt = prompt_from_args(args)
+    prompt.check([config.task_spec])
     check_mask_files(args.masks, args.weights)
     check_device(args.device)
     masks = load_masks(args.masks) if args.masks else None
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     key = model_key(args.model)
+    spec = prompted(config.task, prompt, tokenizer, config.limit)
     with Bar("attribute") as bar:
-        dense_evaluation(args.model, [config.task], limit=config.limit, key=key, model=model, tokenizer=tokenizer,
+        dense_evaluation(args.model, [spec], limit=config.limit, key=key, model=model, tokenizer=tokenizer,
                          progress=bar)
-        dense_records = load_records(dense_entry(key, config.task_spec, config.limit).folder, config.task)
+        dense_records = load_records(dense_entry(key, spec, config.limit).folder, config.task)
         pruned_records: list[dict] = []
 
         def evaluate_pruned() -> list[dict]:
-            _summary, records = run_evaluation(model, tokenizer, config.task, limit=config.limit, progress=bar)
+            _summary, records = run_evaluation(model, tokenizer, spec, limit=config.limit, progress=bar)
             pruned_records.extend(records[config.task])
             return pruned_records
 
         summary = A.attribute(model, tokenizer, config, args.model, key, dense_records, masks=masks,
                               weights=load_weights(args.weights), pruned_records=evaluate_pruned, out_dir=args.out,
-                              progress=bar)
+                              progress=bar, spec=spec)
     comparison = compare_records(dense_records, pruned_records) if masks is not None else None
     if comparison is not None:
         write_json(Path(args.out) / "comparison.json", {"tasks": {config.task: comparison}})

@@ -9,6 +9,7 @@ from pathlib import Path
 from nsa import datasets as D
 from nsa.calibration import build_calibration, list_calibration_sources
 from nsa.cli.bar import Bar
+from nsa.cli.prompt_args import add_prompt_arguments, prompt_from_args
 from nsa.errors import NSAError
 from nsa.evaluation import DEFAULT_BATCH_SIZE, compare, evaluate, resolve_tasks
 from nsa.masks import apply_masks, check_mask_files, load_masks, load_weights
@@ -32,6 +33,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--custom", action="append", default=[], metavar="FILE",
                    help="a CSV/JSONL with text,label columns to evaluate as a task named after the file")
     p.add_argument("--label-names", default="negative,positive", help="label names of --custom files")
+    add_prompt_arguments(p)
     p.set_defaults(func=run_evaluate)
 
     c = subparsers.add_parser("compare-eval", help="accuracy drop and flips between two evaluation folders")
@@ -59,8 +61,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for path in args.custom:
         spec = D.register_custom_task(path, args.label_names.split(","))
         tasks.append(spec.name)
-    resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
+    specs = resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
     D.check_limit(args.limit)
+    prompt = prompt_from_args(args)
+    prompt.check(specs)
     for name in ("batch_size", "max_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -71,8 +75,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     if masks is not None:
         apply_masks(model, masks, load_weights(args.weights))
+    asked = [D.prompted(spec, prompt, tokenizer, args.limit) for spec in specs]
     with Bar("evaluate") as bar:
-        summary = evaluate(model, tokenizer, tasks, limit=args.limit, out_dir=args.out, progress=bar,
+        summary = evaluate(model, tokenizer, asked, limit=args.limit, out_dir=args.out, progress=bar,
                            batch_size=args.batch_size or DEFAULT_BATCH_SIZE, max_length=args.max_length)
     for name, entry in summary["tasks"].items():
         if entry["kind"] == "perplexity":

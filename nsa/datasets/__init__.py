@@ -24,13 +24,22 @@ from __future__ import annotations
 
 from nsa.datasets.custom import register_custom_task, unregister_task
 from nsa.datasets.loading import check_limit, data_file, load_examples, local_file, read_file
-from nsa.datasets.prompts import choices_for, example_text, gold_for, prompt_for, requests_for
+from nsa.datasets.prompts import (
+                                  PRESETS,
+                                  PromptConfig,
+                                  choices_for,
+                                  example_text,
+                                  gold_for,
+                                  prompt_for,
+                                  prompted,
+                                  requests_for,
+)
 from nsa.datasets.registry import CALIBRATION_FILES, dataset_meta, get_task, harness_task_names, list_tasks, task_info
 from nsa.datasets.spec import GROUPS, KINDS, SENTIMENT_LABELS, SENTIMENT_PROMPT, TaskSpec
 
 __all__ = [
     "CALIBRATION_FILES", "GROUPS", "KINDS", "SENTIMENT_LABELS", "SENTIMENT_PROMPT", "TaskSpec", "check_limit",
     "choices_for", "data_file", "dataset_meta", "example_text", "get_task", "gold_for", "harness_task_names", "list_tasks",
-    "load_examples", "local_file", "prompt_for", "read_file", "register_custom_task", "requests_for",
+    "load_examples", "local_file", "prompt_for", "PRESETS", "PromptConfig", "prompted", "read_file", "register_custom_task", "requests_for",
     "task_info", "unregister_task",
 ]

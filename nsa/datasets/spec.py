@@ -17,6 +17,11 @@ class TaskSpec:
     classification `label_names` are the choice words; each choice is scored as `target_delimiter + word`
     after the prompt (lm-eval's convention: " negative", " positive"). Multiple-choice rows carry their own
     `choices`. `partial` marks winogrande-style partial scoring: one context per option, a shared continuation.
+
+    A prompt variant of a task (`nsa.datasets.prompts.prompted`) fills the last four fields: `shots` (the
+    rendered few-shot examples, each followed by its answer), `chat` (the tokenizer's chat template around the
+    user turn, as (prefix, suffix)), `shot_indices` (rows the shots came from) and `prompt_setting` (the
+    `PromptConfig` it was made from, for the record). The reference prompt has them empty.
     """
 
     name: str
@@ -42,3 +47,7 @@ class TaskSpec:
     text_fields: tuple[str, ...] = ("text",)  # fields whose text makes calibration windows / truncation
     field_map: tuple[tuple[str, str], ...] = ()  # (file column, schema field) renames, for custom files
     notes: str = ""
+    shots: str = ""
+    chat: tuple[str, str] | None = None
+    shot_indices: tuple[int, ...] = ()
+    prompt_setting: tuple[tuple[str, object], ...] = ()

@@ -26,6 +26,7 @@ from nsa import attribution as A
 from nsa.artifacts import Entry
 from nsa.atomic import atomic_path, write_json
 from nsa.calibration import build_calibration
+from nsa.datasets import prompted
 from nsa.evaluation import compare, dense_evaluation, load_records, run_evaluation, write_outputs
 from nsa.jobs.runs import artifacts_of, run_entry
 from nsa.jobs.spec import JobSpec, parse_spec
@@ -51,6 +52,7 @@ class Context:
     model: Any = None
     tokenizer: Any = None
     model_key: str = ""
+    tasks: dict = field(default_factory=dict)  # task name -> the TaskSpec as this run asks it (prompt setting)
     calibration: Any = None
     pruned: bool = False  # `model` holds the pruned weights
     extra: dict = field(default_factory=dict)
@@ -76,6 +78,8 @@ def _load_model(ctx: Context, report: Report) -> None:
     ctx.model, ctx.tokenizer = load_model(ctx.spec.model, device=ctx.spec.device, dtype=ctx.spec.dtype,
                                           progress=report)
     ctx.model_key = model_key(ctx.spec.model)
+    ctx.tasks = {name: prompted(name, ctx.spec.prompt, ctx.tokenizer, limit)
+                 for name, limit in ctx.spec.eval_sets().items()}
     report(1.0, f"loaded {type(ctx.model).__name__}")
 
 
@@ -86,15 +90,16 @@ def _calibration(ctx: Context, report: Report) -> None:
     write_json(ctx.out / "calibration.json", ctx.calibration.summary())
 
 
-def _by_limit(sets: dict[str, int | None]) -> dict[int | None, list[str]]:
-    groups: dict[int | None, list[str]] = {}
-    for task, limit in sets.items():
-        groups.setdefault(limit, []).append(task)
+def _by_limit(ctx: Context) -> dict[int | None, list]:
+    """The run's example sets grouped by limit: {limit: [TaskSpec as this run asks it, ...]}."""
+    groups: dict[int | None, list] = {}
+    for task, limit in ctx.spec.eval_sets().items():
+        groups.setdefault(limit, []).append(ctx.tasks[task])
     return groups
 
 
 def _dense_eval(ctx: Context, report: Report) -> None:
-    groups = _by_limit(ctx.spec.eval_sets())
+    groups = _by_limit(ctx)
     merged: dict[str, Any] = {"tasks": {}, "model_id": ctx.spec.model, "model_key": ctx.model_key, "reused": []}
     out = ctx.out / "eval" / "dense"
     for k, (limit, tasks) in enumerate(groups.items()):
@@ -109,7 +114,7 @@ def _dense_eval(ctx: Context, report: Report) -> None:
 
 def _pruned_eval(ctx: Context, report: Report) -> None:
     _ensure_pruned(ctx)
-    groups = _by_limit(ctx.spec.eval_sets())
+    groups = _by_limit(ctx)
     summary: dict[str, Any] = {"tasks": {}, "timing": {}}
     records: dict[str, list[dict]] = {}
     for k, (limit, tasks) in enumerate(groups.items()):
@@ -133,7 +138,7 @@ def _nsa_dense(ctx: Context, report: Report) -> None:
     """The dense part of NSA, on the still-dense model: word selection, running sums, validation (cached)."""
     stages = Stages(report)
     config = ctx.spec.nsa
-    inputs = A.prepare(ctx.model, ctx.tokenizer, config, ctx.model_key, stages)
+    inputs = A.prepare(ctx.model, ctx.tokenizer, config, ctx.model_key, stages, ctx.tasks[config.task])
     records = load_records(ctx.out / "eval" / "dense", config.task)
     ctx.extra["nsa"] = (inputs, A.dense_part(ctx.model, ctx.tokenizer, inputs, records, ctx.model_key, stages))
 

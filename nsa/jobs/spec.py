@@ -8,6 +8,8 @@ prune: {method: wanda, sparsity: 0.5, pattern: unstructured, options: {}}       
 calibration: {source: demo-generic, nsamples: 32, seqlen: 128, seed: 0}   # optional `path:` for a file
 evaluate: {tasks: [demo-reviews], limit: 200}                              # optional section
 nsa: {task: demo-reviews, words: learned, options: {}}                    # optional: an nsa.attribution.NSAConfig
+prompt: {template: review, chat: false, num_fewshot: 4, fewshot_seed: 0}   # optional: how classification tasks
+                                                                           # are asked (nsa.datasets.PromptConfig)
 ```
 
 The `prune:` section is a `pruners.PruneConfig` and `nsa:` an `NSAConfig`, each validated where it is defined;
@@ -71,15 +73,20 @@ class JobSpec:
     nsa: NSAConfig | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    prompt: D.PromptConfig = D.PromptConfig()
 
     def to_dict(self) -> dict:
-        """The normalised spec as plain JSON data (what `spec.json` and the store hold)."""
-        return {"model": self.model, "prune": self.prune.to_dict(),
-                "calibration": None if self.calibration is None else _plain(self.calibration),
-                "evaluate": None if self.evaluate is None else {"tasks": list(self.evaluate.tasks),
-                                                                 "limit": self.evaluate.limit},
-                "nsa": None if self.nsa is None else self.nsa.to_dict(),
-                "device": self.device, "dtype": self.dtype}
+        """The normalised spec as plain JSON data (what `spec.json` and the store hold). The reference prompt
+        setting is left out, so specs written before prompt settings existed keep their run ids."""
+        out = {"model": self.model, "prune": self.prune.to_dict(),
+               "calibration": None if self.calibration is None else _plain(self.calibration),
+               "evaluate": None if self.evaluate is None else {"tasks": list(self.evaluate.tasks),
+                                                                "limit": self.evaluate.limit},
+               "nsa": None if self.nsa is None else self.nsa.to_dict(),
+               "device": self.device, "dtype": self.dtype}
+        if not self.prompt.is_reference:
+            out["prompt"] = self.prompt.to_dict()
+        return out
 
     @cached_property
     def id(self) -> str:
@@ -101,7 +108,8 @@ class JobSpec:
                    calibration=None if cal is None else CalibrationSpec(**cal),
                    evaluate=None if ev is None else EvaluateSpec(tuple(ev["tasks"]), ev.get("limit")),
                    nsa=None if nsa is None else NSAConfig.stored(nsa),
-                   device=data.get("device", "cpu"), dtype=data.get("dtype", "float32"))
+                   device=data.get("device", "cpu"), dtype=data.get("dtype", "float32"),
+                   prompt=D.PromptConfig.from_dict(data.get("prompt")))
 
 
 def inputs_key(spec: JobSpec) -> dict:
@@ -181,7 +189,7 @@ def parse_spec(data: Any) -> JobSpec:
     """Validate and normalise a spec mapping (from YAML, the app or a study) into a `JobSpec`."""
     if isinstance(data, JobSpec):
         return data
-    top = _mapping(data, "spec", {"model", "prune", "calibration", "evaluate", "nsa", "device", "dtype"})
+    top = _mapping(data, "spec", {"model", "prune", "calibration", "evaluate", "nsa", "device", "dtype", "prompt"})
     for required in ("model", "prune"):
         if top.get(required) is None:
             raise NSAError(f"{required}: missing (every spec needs `model:` and `prune:`)")
@@ -196,8 +204,11 @@ def parse_spec(data: Any) -> JobSpec:
     if not DEVICE_RE.match(device):
         raise NSAError(f"device: expected cpu, cuda, cuda:N or mps, got {_cap(repr(device))}")
     dtype = _choice(top.get("dtype", "float32"), "dtype", DTYPES)
-    return JobSpec(model=model, prune=prune, calibration=calibration, evaluate=evaluate, nsa=nsa,
-                   device=device, dtype=dtype)
+    prompt = _section(lambda: D.PromptConfig.from_dict(top.get("prompt")), "prompt")
+    spec = JobSpec(model=model, prune=prune, calibration=calibration, evaluate=evaluate, nsa=nsa, device=device,
+                   dtype=dtype, prompt=prompt)
+    _section(lambda: prompt.check([D.get_task(task) for task in spec.eval_sets()]), "prompt")
+    return spec
 
 
 def _section(build, name: str):
