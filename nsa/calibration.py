@@ -37,11 +37,13 @@ from nsa import datasets as D
 from nsa.artifacts import Entry, digest, read_json, sha256_file
 from nsa.atomic import write_json
 from nsa.errors import NSAError
+from nsa.userfiles import read_text
 from pruners import ProgressEvent
 
 CALIBRATION_FORMAT = 2
 
 STRATEGIES = ("documents", "stream")
+MAX_TOKENS = 1 << 24  # 64 x the papers' 128 x 2048: a bigger set is a typo, refused before anything is drawn
 _REFERENCE_STRATEGY = {"c4": "documents", "wikitext2": "stream"}
 
 
@@ -123,6 +125,14 @@ def _check_sizes(nsamples: int, seqlen: int) -> None:
             raise NSAError(f"{name} must be a positive integer, got {value!r}")
     if seqlen < 2:
         raise NSAError(f"seqlen must be at least 2 tokens, got {seqlen}")
+    check_size(nsamples, seqlen)
+
+
+def check_size(nsamples: int, seqlen: int) -> None:
+    if nsamples * seqlen > MAX_TOKENS:
+        raise NSAError(f"{nsamples} x {seqlen} = {nsamples * seqlen:,} calibration tokens is more than this tool "
+                       f"takes ({MAX_TOKENS:,}; the pruning papers use 128 x 2048 = 262,144): lower nsamples or "
+                       "seqlen", "nsamples")
 
 
 def _emit(progress: Callable | None, fraction: float, message: str) -> None:
@@ -159,7 +169,7 @@ def _file_texts(path: Path) -> list[str]:
     if not path.is_file():
         raise NSAError(f"calibration file {path} does not exist")
     if path.suffix.lower() == ".txt":
-        texts = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [line for line in read_text(path, "calibration file").splitlines() if line.strip()]
     else:
         rows = D.read_file(str(path), path.stat().st_mtime_ns, path.stat().st_size)
         missing = [line for line, r in rows if not isinstance(r.get("text"), str)]

@@ -39,6 +39,7 @@ from typing import Callable
 from nsa import datasets as D
 from nsa.errors import NSAError
 from nsa.neurons import text_regions, tokens_of_words
+from nsa.userfiles import read_text
 from pruners import ProgressEvent
 
 WORD_RE = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*")
@@ -248,7 +249,7 @@ def read_word_file(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise NSAError(f"word file {path} does not exist (give learned, gradient, or a JSON/CSV word file)")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "word file")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "word" not in reader.fieldnames:

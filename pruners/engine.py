@@ -41,7 +41,38 @@ def validate_calibration(calib_ids, model) -> torch.Tensor:
     if vocab is not None and (int(calib_ids.min()) < 0 or int(calib_ids.max()) >= vocab):
         raise PruneError(f"calibration token ids span [{int(calib_ids.min())}, {int(calib_ids.max())}] "
                          f"but the model's vocabulary has {vocab} entries: tokenize with the model's tokenizer")
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context and calib_ids.shape[1] > context:
+        raise PruneError(f"calibration rows have {calib_ids.shape[1]} tokens but the model reads at most {context}: "
+                         f"use seqlen <= {context}", "seqlen")
     return calib_ids
+
+
+def check_activation_memory(model: nn.Module, calib_ids: torch.Tensor, device: torch.device) -> None:
+    """Refuse before allocating when the layer inputs and outputs of every calibration row (two buffers of
+    nsamples x seqlen x hidden) cannot fit in the memory free on `device` (a request of 10^8 rows used to be
+    killed by the kernel after growing to 17 GB)."""
+    hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd", None)
+    if not hidden:
+        return
+    dtype = next(model.parameters()).dtype
+    need = 2 * calib_ids.shape[0] * calib_ids.shape[1] * int(hidden) * torch.finfo(dtype).bits // 8
+    free = _free_bytes(device)
+    if free is not None and need > 0.8 * free:
+        raise PruneError(f"the calibration activations need {need / 2**30:.1f} GiB ({calib_ids.shape[0]} rows x "
+                         f"{calib_ids.shape[1]} tokens x {hidden} x 2 buffers) but {free / 2**30:.1f} GiB are free "
+                         f"on {device}: lower nsamples or seqlen", "nsamples")
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _layer_output(out):
@@ -134,6 +165,7 @@ def prune(model: nn.Module, calib_ids: torch.Tensor | None, config: PruneConfig,
     masks, weights, layer_times, module_sparsity, permutations = {}, {}, [], {}, {}
     inps = kwargs = outs = None
     if method.needs:
+        check_activation_memory(model, calib_ids, calib_device)
         inps, kwargs = capture_layer0_inputs(model, calib_ids, device, calib_device)
         kwargs = {k: _to(v, device) for k, v in kwargs.items()}
         outs = torch.zeros_like(inps)

@@ -12,10 +12,17 @@ from pathlib import Path
 from nsa import attribution as A
 from nsa.atomic import write_json
 from nsa.cli.bar import Bar
+from nsa.cli.checks import check_out
 from nsa.cli.prompt_args import add_prompt_arguments, prompt_from_args
 from nsa.datasets import prompted
 from nsa.errors import NSAError
-from nsa.evaluation import compare_records, dense_entry, dense_evaluation, load_records, run_evaluation
+from nsa.evaluation import (
+    compare_records,
+    dense_entry,
+    dense_evaluation,
+    load_records,
+    run_evaluation,
+)
 from nsa.masks import check_mask_files, load_masks, load_weights
 from nsa.models import check_device, load_model, model_key
 
@@ -56,10 +63,10 @@ def config_from_args(args: argparse.Namespace) -> A.NSAConfig:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    prompt = prompt_from_args(args)
-    prompt.check([config.task_spec])
+    prompt = prompt_from_args(args, [config.task_spec], config.limit)
     check_mask_files(args.masks, args.weights)
     check_device(args.device)
+    check_out(args.out)
     masks = load_masks(args.masks) if args.masks else None
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     key = model_key(args.model)

@@ -9,6 +9,7 @@ from pathlib import Path
 from nsa import datasets as D
 from nsa.calibration import build_calibration, list_calibration_sources
 from nsa.cli.bar import Bar
+from nsa.cli.checks import check_out
 from nsa.cli.prompt_args import add_prompt_arguments, prompt_from_args
 from nsa.errors import NSAError
 from nsa.evaluation import DEFAULT_BATCH_SIZE, compare, evaluate, resolve_tasks
@@ -63,14 +64,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         tasks.append(spec.name)
     specs = resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
     D.check_limit(args.limit)
-    prompt = prompt_from_args(args)
-    prompt.check(specs)
+    prompt = prompt_from_args(args, specs, args.limit)
     for name in ("batch_size", "max_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise NSAError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
     check_mask_files(args.masks, args.weights)
     check_device(args.device)
+    check_out(args.out)
     masks = load_masks(args.masks) if args.masks else None
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     if masks is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nsa.datasets import PRESETS, PromptConfig
+from nsa.datasets import PRESETS, PromptConfig, check_shots
 from nsa.errors import NSAError
 
 
@@ -17,10 +17,15 @@ def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fewshot-seed", type=int, default=0, help="seed drawing the few-shot examples")
 
 
-def prompt_from_args(args: argparse.Namespace) -> PromptConfig:
+def prompt_from_args(args: argparse.Namespace, specs: list, limit: int | None) -> PromptConfig:
+    """The PromptConfig of the flags, checked against the tasks it will ask; errors name the flag."""
     try:
-        return PromptConfig(template=args.prompt.replace("\\n", "\n"), chat=args.chat,
-                            num_fewshot=args.num_fewshot, fewshot_seed=args.fewshot_seed)
+        config = PromptConfig(template=args.prompt.replace("\\n", "\n"), chat=args.chat,
+                              num_fewshot=args.num_fewshot, fewshot_seed=args.fewshot_seed)
+        config.check(specs)
+        for spec in specs:
+            check_shots(spec, config, limit)
+        return config
     except NSAError as err:
         raise NSAError(err.at("--" + (err.field or "prompt").replace("_", "-").replace("template", "prompt"))) \
             from None

@@ -5,7 +5,6 @@ an error names the flag (`--sparsity: must be in [0, 1) ...`) before the model l
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from tqdm import tqdm
 
 from nsa.atomic import atomic_dir
 from nsa.calibration import build_calibration
+from nsa.calibration import check_size as check_calibration_size
+from nsa.cli.checks import check_out
 from nsa.errors import NSAError
 from nsa.models import check_device, load_model, resolve_model_dir
 from pruners import PruneConfig, PruneError, get_method, list_methods, prune
@@ -85,13 +86,18 @@ def _validate(args) -> PruneConfig:
             raise NSAError(f"--{name} {value}: must be a positive integer")
     if not 0 <= args.seed < 2**32:
         raise NSAError(f"--seed {args.seed}: must be in [0, 2^32)")
+    if args.calibration:
+        try:
+            check_calibration_size(args.nsamples or 128, args.seqlen or 2048)
+        except NSAError as err:
+            raise NSAError(err.at("--nsamples x --seqlen")) from None
     if args.calib_tokens and args.calibration:
         raise NSAError("give either --calibration or --calib-tokens, not both")
     if args.calib_tokens and not Path(args.calib_tokens).is_file():
         raise NSAError(f"--calib-tokens {args.calib_tokens} does not exist")
     if get_method(config.method).needs_calibration and not (args.calib_tokens or args.calibration):
         raise NSAError(f"method {config.method} needs calibration: give --calibration SOURCE or --calib-tokens FILE")
-    _check_out(Path(args.out))
+    check_out(args.out)
     for name in ("device", "calib_device"):
         if getattr(args, name):
             try:
@@ -102,19 +108,6 @@ def _validate(args) -> PruneConfig:
     return config
 
 
-def _check_out(out: Path) -> None:
-    """--out must be a folder we can write, checked before the work (not after minutes of pruning)."""
-    if out.exists() and not out.is_dir():
-        raise NSAError(f"--out {out} is a file: give a folder")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not _writable(probe):
-        raise NSAError(f"--out {out}: cannot write under {probe}")
-
-
-def _writable(folder: Path) -> bool:
-    return os.access(folder, os.W_OK | os.X_OK)
 def _load_calib_tokens(path: str, nsamples: int | None, seqlen: int | None):
     try:
         data = load_file(path)

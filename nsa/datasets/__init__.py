@@ -27,6 +27,7 @@ from nsa.datasets.loading import check_limit, data_file, load_examples, local_fi
 from nsa.datasets.prompts import (
                                   PRESETS,
                                   PromptConfig,
+                                  check_shots,
                                   choices_for,
                                   example_text,
                                   gold_for,
@@ -38,8 +39,8 @@ from nsa.datasets.registry import CALIBRATION_FILES, dataset_meta, get_task, har
 from nsa.datasets.spec import GROUPS, KINDS, SENTIMENT_LABELS, SENTIMENT_PROMPT, TaskSpec
 
 __all__ = [
-    "CALIBRATION_FILES", "GROUPS", "KINDS", "SENTIMENT_LABELS", "SENTIMENT_PROMPT", "TaskSpec", "check_limit",
-    "choices_for", "data_file", "dataset_meta", "example_text", "get_task", "gold_for", "harness_task_names", "list_tasks",
-    "load_examples", "local_file", "prompt_for", "PRESETS", "PromptConfig", "prompted", "read_file", "register_custom_task", "requests_for",
-    "task_info", "unregister_task",
+    "CALIBRATION_FILES", "GROUPS", "KINDS", "PRESETS", "SENTIMENT_LABELS", "SENTIMENT_PROMPT", "PromptConfig",
+    "TaskSpec", "check_limit", "check_shots", "choices_for", "data_file", "dataset_meta", "example_text", "get_task",
+    "gold_for", "harness_task_names", "list_tasks", "load_examples", "local_file", "prompt_for", "prompted",
+    "read_file", "register_custom_task", "requests_for", "task_info", "unregister_task",
 ]

@@ -6,7 +6,14 @@ from pathlib import Path
 
 from nsa.atomic import write_json
 from nsa.datasets.loading import check_row, read_file, rename_fields
-from nsa.datasets.registry import add_task, custom_spec, custom_tasks_file, remove_task, saved_custom, task_or_none
+from nsa.datasets.registry import (
+    add_task,
+    custom_spec,
+    custom_tasks_file,
+    remove_task,
+    saved_custom,
+    task_or_none,
+)
 from nsa.datasets.spec import SENTIMENT_LABELS, SENTIMENT_PROMPT, TaskSpec
 from nsa.errors import NSAError
 

@@ -18,6 +18,7 @@ from nsa.datasets.spec import TaskSpec
 from nsa.errors import NSAError
 from nsa.hub import ensure_offline_if_unreachable, is_offline
 from nsa.paths import data_dir
+from nsa.userfiles import open_text, read_text
 
 
 def load_examples(name: str | TaskSpec, limit: int | None = None, split: str | None = None,
@@ -121,21 +122,19 @@ def read_file(path: str, _mtime: int, _size: int) -> tuple[tuple[int, dict], ...
     p = Path(path)
     if p.suffix.lower() in (".csv", ".tsv"):
         delim = "\t" if p.suffix.lower() == ".tsv" else ","
-        with open(p, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh, delimiter=delim)
-            return tuple((i + 2, dict(row)) for i, row in enumerate(reader))  # line 1 is the header
+        reader = csv.DictReader(open_text(p, "data file"), delimiter=delim)
+        return tuple((i + 2, dict(row)) for i, row in enumerate(reader))  # line 1 is the header
     out = []
-    with open(p, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise NSAError(f"{p}, line {i}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise NSAError(f"{p}, line {i}: expected a JSON object per line, got {type(row).__name__}")
-            out.append((i, row))
+    for i, line in enumerate(read_text(p, "data file").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise NSAError(f"{p}, line {i}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise NSAError(f"{p}, line {i}: expected a JSON object per line, got {type(row).__name__}")
+        out.append((i, row))
     return tuple(out)
 
 

@@ -94,6 +94,12 @@ class PromptConfig:
                            f"{'; '.join(', '.join(s.required_fields) for s in classification)})", "template")
 
 
+def check_shots(spec: TaskSpec, config: PromptConfig, limit: int | None) -> None:
+    """Refuse (before anything runs) few-shot examples a task cannot provide without evaluated rows."""
+    if config.num_fewshot and spec.kind == "classification":
+        _shot_rows(spec, config, limit)
+
+
 def template_fields(template: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name}

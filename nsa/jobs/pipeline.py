@@ -27,7 +27,13 @@ from nsa.artifacts import Entry
 from nsa.atomic import atomic_path, write_json
 from nsa.calibration import build_calibration
 from nsa.datasets import prompted
-from nsa.evaluation import compare, dense_evaluation, load_records, run_evaluation, write_outputs
+from nsa.evaluation import (
+    compare,
+    dense_evaluation,
+    load_records,
+    run_evaluation,
+    write_outputs,
+)
 from nsa.jobs.runs import artifacts_of, run_entry
 from nsa.jobs.spec import JobSpec, parse_spec
 from nsa.masks import apply_masks, load_masks, load_weights

@@ -30,14 +30,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nsa import datasets as D
 from nsa.artifacts import digest, sha256_file
 from nsa.attribution import NSAConfig
+from nsa.calibration import check_size as check_calibration_size
 from nsa.calibration import list_calibration_sources, source_file
 from nsa.errors import NSAError
 from nsa.models import check_model_name, local_model_key
+from nsa.userfiles import read_text, safe_yaml
 from pruners import PruneConfig, PruneError, get_method
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -137,52 +137,11 @@ def load_spec(path: str | Path) -> JobSpec:
         raise NSAError(f"spec file not found: {path} (pass a YAML file such as examples/demo.yaml)")
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise NSAError(f"{path} is {path.stat().st_size} bytes: a job spec is a few lines of YAML")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise NSAError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    text = read_text(path, "spec file")
     try:
         return parse_spec(safe_yaml(text, str(path)))
     except NSAError as err:
         raise NSAError(f"{path}: {err}") from None
-
-
-def safe_yaml(text: str, source: str = "<spec>") -> Any:
-    """YAML with the dangers refused: tags that build objects (safe_load), duplicate keys, and documents whose
-    aliases expand far beyond the text (an alias bomb)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        raise NSAError(f"{source} is not valid YAML: {_cap(str(err))}") from None
-    if node is None:
-        return None
-    _check_node(node, source, budget=[max(10_000, 20 * len(text))])
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise NSAError(f"{source} is not valid YAML: {_cap(str(err))}") from None
-
-
-def _check_node(node, source: str, budget: list[int], seen_depth: int = 0) -> None:
-    """Walk the composed document counting every node as expanded (aliases re-count their target); refuse
-    duplicate keys and documents larger than the budget."""
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise NSAError(f"{source}: the document expands to far more data than its text (YAML aliases): refused")
-    if seen_depth > 100:
-        raise NSAError(f"{source}: nested more than 100 levels deep")
-    if isinstance(node, yaml.MappingNode):
-        keys = set()
-        for k, v in node.value:
-            key = getattr(k, "value", None)
-            if isinstance(key, str) and key in keys:
-                raise NSAError(f"{source} line {k.start_mark.line + 1}: key {key!r} appears twice")
-            keys.add(key)
-            _check_node(k, source, budget, seen_depth + 1)
-            _check_node(v, source, budget, seen_depth + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            _check_node(v, source, budget, seen_depth + 1)
 
 
 def parse_spec(data: Any) -> JobSpec:
@@ -208,6 +167,8 @@ def parse_spec(data: Any) -> JobSpec:
     spec = JobSpec(model=model, prune=prune, calibration=calibration, evaluate=evaluate, nsa=nsa, device=device,
                    dtype=dtype, prompt=prompt)
     _section(lambda: prompt.check([D.get_task(task) for task in spec.eval_sets()]), "prompt")
+    for task, limit in spec.eval_sets().items():
+        _section(lambda: D.check_shots(D.get_task(task), prompt, limit), "prompt")
     return spec
 
 
@@ -246,10 +207,12 @@ def _calibration(value: Any) -> CalibrationSpec:
     if path is None and source not in list_calibration_sources():
         raise NSAError(f"calibration.source: unknown source {source!r}; known: "
                        f"{', '.join(list_calibration_sources())} (or give a file with calibration.path)")
-    return CalibrationSpec(source=source,
-                           nsamples=_positive(sec.get("nsamples", 128), "calibration.nsamples"),
-                           seqlen=_positive(sec.get("seqlen", 2048), "calibration.seqlen"),
-                           seed=_seed(sec.get("seed", 0), "calibration.seed"), path=path)
+    calibration = CalibrationSpec(source=source,
+                                  nsamples=_positive(sec.get("nsamples", 128), "calibration.nsamples"),
+                                  seqlen=_positive(sec.get("seqlen", 2048), "calibration.seqlen"),
+                                  seed=_seed(sec.get("seed", 0), "calibration.seed"), path=path)
+    _section(lambda: check_calibration_size(calibration.nsamples, calibration.seqlen), "calibration")
+    return calibration
 
 
 def _evaluate(value: Any) -> EvaluateSpec | None:

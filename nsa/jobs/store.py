@@ -99,7 +99,17 @@ class JobStore:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = None  # (device, inode) of the file this store initialised
         self._init()
+
+    @property
+    def replaced(self) -> bool:
+        """The store file was deleted or replaced since this object opened it (someone removed jobs.sqlite)."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._file
 
     def _init(self) -> None:
         """Switch to WAL and create the tables; retried, because SQLite answers a journal-mode change racing
@@ -107,10 +117,12 @@ class JobStore:
         deadline = time.time() + BUSY_TIMEOUT_S
         while True:
             try:
-                with self._connect() as db:
+                with self._connect(check=False) as db:
                     if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                         db.execute("PRAGMA journal_mode=WAL")
                     db.executescript(_SCHEMA)
+                st = self.path.stat()
+                self._file = (st.st_dev, st.st_ino)
                 return
             except sqlite3.OperationalError as err:
                 if "locked" not in str(err) or time.time() > deadline:
@@ -118,7 +130,9 @@ class JobStore:
                 time.sleep(0.05)
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, check: bool = True) -> Iterator[sqlite3.Connection]:
+        if check and self.replaced:  # deleted or replaced under us: recreate the tables instead of failing
+            self._init()
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
@@ -256,6 +270,17 @@ class JobStore:
             db.execute(f"UPDATE jobs SET status=?, finished=?, message=?, error=?, traceback=?, cancel_requested=0"
                        f"{progress_sql} WHERE id=? AND status='running'",
                        (status, time.time(), message, error, traceback, job_id))
+
+    def restore_running(self, job: Job, worker_pid: int) -> None:
+        """Put back the row of a job this worker is running after the store was replaced (its progress and
+        outcome then land in the new store instead of nowhere)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO jobs (id, spec, created, status, started, heartbeat, worker_pid, stage, "
+                       "attempts, message) VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                       (job.id, json.dumps(job.spec, sort_keys=True), job.created, job.started or now, now,
+                        worker_pid, job.stage or "starting", job.attempts,
+                        "re-registered: the job store was replaced while the job ran"))
 
     def requeue(self, job_id: str, message: str) -> None:
         with self._connect() as db:

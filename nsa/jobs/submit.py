@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nsa.errors import NSAError
 from nsa.jobs.runs import verify_run
 from nsa.jobs.spec import parse_spec
 from nsa.jobs.store import JobStore
 from nsa.jobs.worker import ensure_worker, recover
+from nsa.models import check_device
 
 
 @dataclass
@@ -35,6 +37,10 @@ class Submission:
 def submit(spec: Any, store: JobStore | None = None, start_worker: bool = True) -> Submission:
     """Queue `spec` (a JobSpec or a mapping) unless its run is complete; see the module docstring."""
     spec = parse_spec(spec)
+    try:
+        check_device(spec.device)  # the local worker runs it here: a GPU this machine lacks is refused now
+    except NSAError as err:
+        raise NSAError(err.at("device")) from None
     store = store or JobStore()
     recover(store)
     problems = verify_run(spec.id)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -93,18 +94,47 @@ def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> 
     """
     store = store or JobStore()
     recover(store)
-    if store.count("queued") == 0 or worker_running():
+    if store.count("queued") == 0:
         return None
-
-    log = cache_dir() / "logs" / "worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NSA_CACHE_DIR=str(cache_dir()))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "nsa", "worker", "--idle-exit", str(idle_exit_s)],
-                                cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    with _exclusive(cache_dir() / "worker.spawn.lock"):  # many submits at once start one worker
+        if worker_running() or _recently_spawned():
+            return None
+        log = cache_dir() / "logs" / "worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, NSA_CACHE_DIR=str(cache_dir()))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "nsa", "worker", "--idle-exit", str(idle_exit_s)],
+                                    cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        _spawn_marker().write_text(json.dumps({"pid": proc.pid, "time": time.time()}))
     return proc.pid
+
+
+SPAWN_GRACE_S = 30.0  # a just-started worker takes its lock after its imports (a few seconds)
+
+
+def _spawn_marker() -> Path:
+    return cache_dir() / "worker.spawned.json"
+
+
+def _recently_spawned() -> bool:
+    """A worker this machine started moments ago that is still alive but has not taken its lock yet."""
+    try:
+        marker = json.loads(_spawn_marker().read_text())
+    except (OSError, ValueError):
+        return False
+    return time.time() - float(marker.get("time", 0)) < SPAWN_GRACE_S and _pid_alive(int(marker.get("pid", 0)))
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 # --- recovery -------------------------------------------------------------------------------------------
@@ -207,10 +237,15 @@ def _supervise(store: JobStore, job: Job, pid: int, stopping: dict) -> str:
     cancelled = False
     while child.is_alive():
         child.join(POLL_S)
+        if store.replaced:  # jobs.sqlite was deleted or replaced: recreate it and keep this job on record
+            store.restore_running(job, pid)
         store.worker_beat(pid, job.id)
         current = store.get(job.id)
-        if current is None or current.cancel_requested or stopping["flag"]:
-            cancelled = current is None or current.cancel_requested
+        if current is None:
+            store.restore_running(job, pid)
+            current = store.get(job.id)
+        if current.cancel_requested or stopping["flag"]:
+            cancelled = current.cancel_requested
             _terminate(child)
             break
     child.join()

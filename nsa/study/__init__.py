@@ -7,6 +7,12 @@
 - `nsa.study.breakpoint`: the sharp dropping point per sparsity curve (two-segment piecewise-linear fit).
 - `nsa.study.findings`: the paper's two findings as numbers (calibration set matters; sentiment suffers most).
 """
-from nsa.study.spec import DEFAULT_MAX_RUNS, StudySpec, dump_study, load_study, parse_study
+from nsa.study.spec import (
+    DEFAULT_MAX_RUNS,
+    StudySpec,
+    dump_study,
+    load_study,
+    parse_study,
+)
 
 __all__ = ["DEFAULT_MAX_RUNS", "StudySpec", "dump_study", "load_study", "parse_study"]

@@ -7,7 +7,13 @@ from pathlib import Path
 from nsa.atomic import write_text
 from nsa.errors import NSAError
 from nsa.paths import PROJECT_ROOT, cache_dir
-from nsa.study.spec import DEFAULT_MAX_RUNS, StudySpec, dump_study, load_study, parse_study
+from nsa.study.spec import (
+    DEFAULT_MAX_RUNS,
+    StudySpec,
+    dump_study,
+    load_study,
+    parse_study,
+)
 
 SHIPPED_DIR = PROJECT_ROOT / "studies"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from nsa.errors import NSAError
+from nsa.userfiles import check_expansion, read_text
 
 DEFAULT_MAX_RUNS = 200
 
@@ -84,7 +85,7 @@ def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
         raise NSAError(f"study file {path} does not exist (give the path to a STUDY.yaml, e.g. studies/demo.yaml)")
-    study = parse_study(path.read_text(encoding="utf-8"), source=str(path))
+    study = parse_study(read_text(path, "study file"), source=str(path))
     study.path = str(path)
     if study.name == "study":
         study.name = path.stem
@@ -176,7 +177,10 @@ def _parse_axes(node: yaml.Node, source: str) -> tuple[dict[str, list], dict[str
 
 def _compose(text: str, source: str) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            check_expansion(node, source, len(text))
+        return node
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -6,7 +6,14 @@ layer is pruned (VILA-Lab/GBLM-Pruner gradient_computation.py).
 import torch
 
 from pruners.gradients import compute_gradients
-from pruners.method import LayerContext, Method, ModuleResult, Target, group_options, per_module
+from pruners.method import (
+    LayerContext,
+    Method,
+    ModuleResult,
+    Target,
+    group_options,
+    per_module,
+)
 from pruners.methods.wanda import wanda_score
 from pruners.options import Option
 from pruners.selection import select

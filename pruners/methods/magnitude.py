@@ -1,5 +1,12 @@
 """Magnitude pruning: score |W|; per layer with the `<=` rule by default (locuslab/wanda prune_magnitude)."""
-from pruners.method import LayerContext, Method, ModuleResult, Target, group_options, per_module
+from pruners.method import (
+    LayerContext,
+    Method,
+    ModuleResult,
+    Target,
+    group_options,
+    per_module,
+)
 from pruners.selection import select
 
 

@@ -6,7 +6,14 @@ the model so the saved weights are really N:M (see pruners/permutation.py).
 import torch
 
 from pruners import permutation
-from pruners.method import LayerContext, Method, ModuleResult, Target, group_options, per_module
+from pruners.method import (
+    LayerContext,
+    Method,
+    ModuleResult,
+    Target,
+    group_options,
+    per_module,
+)
 from pruners.options import Option
 from pruners.selection import nm_mask, select
 

@@ -1,7 +1,14 @@
 """Wanda: score |W_ij|·sqrt(scaler_row_j); per output row by default (locuslab/wanda prune_wanda)."""
 import torch
 
-from pruners.method import LayerContext, Method, ModuleResult, Target, group_options, per_module
+from pruners.method import (
+    LayerContext,
+    Method,
+    ModuleResult,
+    Target,
+    group_options,
+    per_module,
+)
 from pruners.selection import select
 
 

@@ -1,7 +1,9 @@
 """Recovery from dead workers (real processes that exited) and stale heartbeats; the worker lock."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -105,3 +107,72 @@ def test_out_of_memory_fails_the_job_with_what_to_lower(cache, spec, monkeypatch
     assert run_in_process(store, job, child=False) == "failed"
     done = store.get(job_id)
     assert done.status == "failed" and says in done.message and "calibration.nsamples" in done.message
+
+
+@pytest.mark.slow
+def test_deleting_the_store_under_a_running_worker_loses_nothing(cache, long_spec, workers, wait):
+    """jobs.sqlite removed while a job runs used to crash the worker (`no such table: workers`) and lose the job:
+    the worker recreates the store, re-registers the job it runs, and finishes it."""
+    store = JobStore()
+    job_id = submit(long_spec, store, start_worker=False).run_id
+    worker = workers.start("--idle-exit", "2")
+    wait(lambda: (j := store.get(job_id)) is not None and j.status == "running" and j.stage == "prune", 120,
+         "pruning to be under way")
+    for suffix in ("", "-wal", "-shm"):
+        (cache / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
+    job = wait(lambda: _status(JobStore(), job_id, "done", "failed", "cancelled"), 240, "the job to finish")
+    assert job.status == "done", workers.logs()
+    assert runs.verify_run(job_id) == []
+    assert worker.wait(60) == 0, workers.logs()  # the worker ran on and exited when idle
+
+
+def _status(store, job_id, *wanted):
+    job = store.get(job_id)
+    return job if job is not None and job.status in wanted else None
+
+
+SUBMIT_AND_START = """
+import json, sys, time
+from nsa.jobs.submit import submit
+spec, at = json.loads(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, at - time.time()))
+print(json.dumps(submit(spec).worker_pid))
+"""
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_submits_start_one_worker(cache, quick_spec):
+    """Under load 20 submits used to start 5 background workers, 4 of which died on the lock."""
+    at = time.time() + 6.0  # every process is past its imports by then
+    specs = [dict(quick_spec, prune={"method": "magnitude", "sparsity": round(0.3 + 0.01 * i, 2)}) for i in range(20)]
+    procs = [subprocess.Popen([sys.executable, "-c", SUBMIT_AND_START, json.dumps(s), str(at)], cwd=ROOT,
+                              env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s in specs]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs if err][:2]
+    started = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert len([pid for pid in started if pid]) == 1, started
+    store = JobStore()
+    assert len(store.list()) == 20
+    for job in store.list("queued"):  # the one worker would run them all; the point here is how many started
+        store.cancel(job.id)
+
+
+@pytest.mark.slow
+def test_a_second_run_after_kill_9_recovers_instead_of_following_a_dead_process(cache, long_spec, tmp_path, wait):
+    """After `nsa run` was killed with -9, a second `nsa run` of the same spec used to follow the dead process for
+    good: it now recovers the stale job and runs it."""
+    spec_file = tmp_path / "long.yaml"
+    spec_file.write_text(json.dumps(long_spec))
+    first = subprocess.Popen([sys.executable, "-m", "nsa", "run", str(spec_file)], cwd=ROOT, env=os.environ.copy(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = JobStore()
+    wait(lambda: any(j.status == "running" and j.stage == "prune" for j in store.list()), 120, "the first run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    start = time.time()
+    second = subprocess.run([sys.executable, "-m", "nsa", "run", str(spec_file)], cwd=ROOT, env=os.environ.copy(),
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "done ->" in second.stdout, second.stderr[-2000:]
+    assert time.time() - start < 240
+    assert [j.status for j in store.list()] == ["done"]
