@@ -7,9 +7,11 @@ example set (`JobSpec.eval_sets`); NSA reads those same records (dense from the 
 cache entries; pruned from this run) and its dense statistics come from a shared cache entry too.
 
 The folder is built in a hidden temporary sibling and swapped into place after its manifest is written, so a
-reader never sees half a run. When an earlier run folder exists but some artifacts fail their checksums,
-every stage whose artifacts (and whose inputs) still verify is reused (copied), and only the rest is
-recomputed. Progress: `pruners.ProgressEvent(fraction of the whole job, message, stage)`.
+reader never sees half a run. Each stage has a key: the digest of the parts of the spec and of the local inputs
+its results depend on (`stage_keys`), recorded in the manifest. A stage is not recomputed when a verified copy
+of its artifacts exists under the same key — in an earlier folder of this run whose other artifacts were
+damaged, or in another run (adding NSA or a seed to an experiment reuses its calibration, pruning and
+evaluations); only the rest is computed. Progress: `pruners.ProgressEvent(fraction of the whole job, message, stage)`.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from nsa import attribution as A
-from nsa.artifacts import Entry
+from nsa.artifacts import Entry, digest
 from nsa.atomic import atomic_path, write_json
 from nsa.calibration import build_calibration
 from nsa.datasets import prompted
@@ -34,8 +36,8 @@ from nsa.evaluation import (
     run_evaluation,
     write_outputs,
 )
-from nsa.jobs.runs import artifacts_of, run_entry
-from nsa.jobs.spec import JobSpec, parse_spec
+from nsa.jobs.runs import RUN_FORMAT, artifacts_of, run_entry
+from nsa.jobs.spec import JobSpec, inputs_key, parse_spec
 from nsa.masks import apply_masks, load_masks, load_weights
 from nsa.models import load_model, model_key
 from nsa.neurons import pruned_fractions
@@ -52,8 +54,7 @@ class Context:
 
     spec: JobSpec
     out: Path  # the temporary run folder
-    old: Entry  # the previous run folder (may not exist)
-    reusable: set[str]  # stage names whose artifacts are copied from `old`
+    sources: dict[str, Entry]  # stage name -> the run folder whose verified artifacts it copies
     log: logging.Logger
     model: Any = None
     tokenizer: Any = None
@@ -220,28 +221,61 @@ def _files_of(stage: Stage, files: dict) -> list[str]:
     return [rel for rel in files if any(rel == o or (o.endswith("/") and rel.startswith(o)) for o in stage.outputs)]
 
 
-def plan_reuse(spec: JobSpec, old: Entry) -> set[str]:
-    """Stages whose artifacts in `old` all verify and whose inputs are reused too (so they are still valid).
-    The old folder belongs to this run id, which covers the spec and its inputs: its spec is this spec."""
-    manifest = old.manifest()
-    if manifest is None:
-        return set()
-    good = old.good_files()
-    reusable: set[str] = set()
+def stage_keys(spec: JobSpec) -> dict[str, str]:
+    """Per stage, the digest of what its results depend on (spec parts and local inputs' content)."""
+    inputs = inputs_key(spec)
+    model = {"model": spec.model, "dtype": spec.dtype, "model_files": inputs["model"]}
+    calibration = model | {"calibration": spec.to_dict()["calibration"], "file": inputs.get("calibration")}
+    pruned = calibration | {"prune": spec.prune.to_dict()}
+    sets = {"sets": spec.eval_sets(), "prompt": spec.prompt.to_dict(), "data": inputs["data"]}
+    nsa = None if spec.nsa is None else {"nsa": spec.nsa.to_dict(), "words": inputs.get("words")}
+    parts = {"calibration": calibration, "dense eval": model | sets, "prune": pruned, "neurons": pruned,
+             "pruned eval": pruned | sets, "comparison": pruned | sets, "nsa dense": model | sets | {"nsa": nsa},
+             "nsa": pruned | sets | {"nsa": nsa}}
+    return {name: digest([name, RUN_FORMAT, value]) for name, value in parts.items()}
+
+
+def plan_reuse(spec: JobSpec, old: Entry) -> dict[str, Entry]:
+    """{stage: the run folder it is copied from}: stages with a verified copy under the same stage key (this run's
+    earlier folder first, then any other run) whose inputs are reused too (so they are still valid)."""
+    keys = stage_keys(spec)
+    donors = _donors(keys, old)
+    sources: dict[str, Entry] = {}
     active = stages_for(spec)
     names = {s.name for s in active}
     for stage in active:
-        files = _files_of(stage, manifest["files"])
         # a dependency that writes nothing into the folder (NSA's dense part, a shared cache entry) is rebuilt
         # cheaply when a later stage needs it: it never forces its dependants to run again
-        deps_ok = all(d in reusable or d not in names or not _stage(d).outputs for d in stage.needs)
-        if files and deps_ok and all(f in good for f in files):
-            reusable.add(stage.name)
-    if "prune" not in reusable:
-        reusable.discard("calibration")  # pruning again needs the calibration set in memory
-    if "nsa" in reusable or "nsa" not in names:
-        reusable.add("nsa dense")  # only the pruned part needs the dense part's results in memory
-    return reusable & names
+        if not all(d in sources or d not in names or not _stage(d).outputs for d in stage.needs):
+            continue
+        for entry in donors:
+            files = _files_of(stage, entry.manifest()["files"])
+            recorded = ((entry.manifest().get("meta") or {}).get("stage_keys") or {}).get(stage.name)
+            if files and recorded in (keys[stage.name], None if entry == old else "") and \
+                    all(entry.file_problem(f) is None for f in files):
+                sources[stage.name] = entry
+                break
+    if "prune" not in sources:
+        sources.pop("calibration", None)  # pruning again needs the calibration set in memory
+    if "nsa" in sources or "nsa" not in names:
+        sources["nsa dense"] = old  # only the pruned part needs the dense part's results in memory
+    return {k: v for k, v in sources.items() if k in names}
+
+
+def _donors(keys: dict[str, str], old: Entry) -> list[Entry]:
+    """This run's earlier folder (a folder written before stage keys existed counts as matching), then every
+    other run folder that records one of these stage keys."""
+    out = [old] if old.manifest() is not None else []
+    root = old.folder.parent
+    wanted = set(keys.values())
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder == old.folder or folder.name.startswith(".") or not folder.is_dir():
+            continue
+        entry = Entry(folder, old.kind, old.format)
+        recorded = ((entry.manifest() or {}).get("meta") or {}).get("stage_keys") or {}
+        if wanted & set(recorded.values()):
+            out.append(entry)
+    return out
 
 
 class _Progress:
@@ -284,15 +318,17 @@ def run_job(spec: JobSpec | dict, progress: Callable[[ProgressEvent], None] | No
             progress(ProgressEvent(1.0, "already computed", "done"))
         return entry.folder
     entry.clean_partial()
-    reusable = plan_reuse(spec, entry)
+    sources = plan_reuse(spec, entry)
     started = time.time()
-    with entry.build() as out:
+    with entry.build(meta={"stage_keys": stage_keys(spec)}) as out:
         log, handler = _job_logger(entry.key, out)
         try:
-            ctx = Context(spec=spec, out=out, old=entry, reusable=reusable, log=log)
+            ctx = Context(spec=spec, out=out, sources=sources, log=log)
             _run_stages(ctx, _Progress(progress, log))
             write_json(out / "spec.json", spec.to_dict())
-            log.info("finished in %.1f s (reused: %s)", time.time() - started, ", ".join(sorted(reusable)) or "none")
+            reused = ", ".join(f"{name} (from {'this run' if src == entry else 'run ' + src.key})"
+                               for name, src in sources.items() if name != "nsa dense")
+            log.info("finished in %.1f s (reused: %s)", time.time() - started, reused or "none")
         except BaseException:
             log.exception("job failed")
             raise
@@ -306,13 +342,14 @@ def run_job(spec: JobSpec | dict, progress: Callable[[ProgressEvent], None] | No
 
 def _run_stages(ctx: Context, progress: _Progress) -> None:
     stages = stages_for(ctx.spec)
-    to_run = [s for s in stages if s.name not in ctx.reusable]
+    to_run = [s for s in stages if s.name not in ctx.sources]
     load = any(s.uses_model for s in to_run)
     total = (LOAD_WEIGHT if load else 0.0) + sum(s.weight for s in to_run) or 1.0
     for stage in stages:
-        if stage.name in ctx.reusable:
-            _copy_outputs(ctx, stage)
-            ctx.log.info("stage %s reused from the previous run folder", stage.name)
+        if stage.name in ctx.sources and stage.outputs:
+            source = ctx.sources[stage.name]
+            _copy_outputs(ctx, stage, source)
+            ctx.log.info("stage %s reused from %s", stage.name, source.folder)
     base = 0.0
     if load:
         _load_model(ctx, progress.enter("load model", 0.0, LOAD_WEIGHT / total))
@@ -324,12 +361,12 @@ def _run_stages(ctx: Context, progress: _Progress) -> None:
         base += stage.weight / total
 
 
-def _copy_outputs(ctx: Context, stage: Stage) -> None:
-    manifest = ctx.old.manifest() or {"files": {}}
+def _copy_outputs(ctx: Context, stage: Stage, source: Entry) -> None:
+    manifest = source.manifest() or {"files": {}}
     for rel in _files_of(stage, manifest["files"]):
         target = ctx.out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ctx.old.path(rel), target)
+        shutil.copy2(source.path(rel), target)
 
 
 def _job_logger(run_id: str, out: Path) -> tuple[logging.Logger, logging.Handler]:

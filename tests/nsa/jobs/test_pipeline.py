@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from nsa.atomic import write_json
 from nsa.jobs import runs
-from nsa.jobs.pipeline import plan_reuse, run_job, stages_for
+from nsa.jobs.pipeline import plan_reuse, run_job, stage_keys, stages_for
 from nsa.jobs.spec import parse_spec
 
 ALL = {"calibration", "dense eval", "nsa dense", "prune", "neurons", "pruned eval", "comparison", "nsa"}
@@ -48,15 +48,15 @@ def test_stages_follow_the_spec(stories_dir):
 def test_reuse_only_what_verifies(cache, stories_dir):
     spec = _spec(stories_dir)
     entry = _folder(spec)
-    assert plan_reuse(spec, entry) == ALL
+    assert set(plan_reuse(spec, entry)) == ALL
     (entry.folder / "eval" / "pruned" / "sst2.jsonl").write_text('{"index": 1}\n')  # same size, other content
     # NSA's pruned part reads the pruned records: it runs again, and with it the dense part it needs in memory
-    assert plan_reuse(spec, entry) == ALL - {"pruned eval", "comparison", "nsa", "nsa dense"}
+    assert set(plan_reuse(spec, entry)) == ALL - {"pruned eval", "comparison", "nsa", "nsa dense"}
     (entry.folder / "masks.safetensors").unlink()
     # everything that read the masks is recomputed; pruning needs the calibration set again
-    assert plan_reuse(spec, entry) == {"dense eval"}
+    assert set(plan_reuse(spec, entry)) == {"dense eval"}
     (entry.folder / "manifest.json").unlink()
-    assert plan_reuse(spec, entry) == set()
+    assert set(plan_reuse(spec, entry)) == set()
 
 
 def test_nsa_options_reach_the_attribution(cache, stories_dir):
@@ -69,3 +69,22 @@ def test_nsa_options_reach_the_attribution(cache, stories_dir):
     assert summary["words"]["top_k"] == 4 and summary["words"]["n_words"] <= 8
     assert summary["validation"] == {}
     assert summary["matching"]["min_occurrences"] == 5
+
+
+def test_adding_nsa_to_a_run_reuses_its_pruning_and_evaluations(cache, stories_dir):
+    """A run made without NSA, then the same experiment with NSA: calibration, pruning, the neuron table and both
+    evaluations come from the first run (verified copies under the same stage keys); only NSA is computed."""
+    spec = {"model": str(stories_dir), "prune": {"method": "wanda", "sparsity": 0.5},
+            "calibration": {"source": "wikitext2", "nsamples": 4, "seqlen": 32},
+            "evaluate": {"tasks": ["sst2"], "limit": 24}}
+    first = run_job(spec)
+    with_nsa = parse_spec(spec | {"nsa": {"task": "sst2", "options": {"validation": False, "min_df": 2}}})
+    keys = stage_keys(with_nsa)
+    assert keys["prune"] == stage_keys(parse_spec(spec))["prune"] and keys["nsa"] != stage_keys(parse_spec(spec))["prune"]
+    second = run_job(with_nsa)
+    log = (second / "logs" / "job.log").read_text()
+    for stage in ("calibration", "dense eval", "prune", "neurons", "pruned eval", "comparison"):
+        assert f"stage {stage} reused from {first}" in log, stage
+    assert "stage nsa\n" in log and (second / "nsa" / "summary.json").is_file()
+    assert (second / "masks.safetensors").read_bytes() == (first / "masks.safetensors").read_bytes()
+    assert runs.verify_run(with_nsa.id) == []
