@@ -41,12 +41,12 @@ from nsa.masks import apply_masks, check_masks
 from nsa.matching import MatchConfig
 from nsa.neurons import layer_sizes, neuron_sites, pruned_fractions
 from nsa.progress import Stages
-from nsa.validation import ValidationConfig, validate
+from nsa.validation import ValidationConfig, above_chance, validate
 from nsa.words import SELECTORS, WordConfig, WordSelection, read_word_file, select_words
 from pruners import PruneError
 from pruners.options import Option, check_section, resolve_options
 
-DENSE_FORMAT = 4  # 4: shared evaluation records, permutation-tested validation
+DENSE_FORMAT = 5  # 4: shared evaluation records, permutation-tested validation; 5: chance check
 WORDS_FORMAT = 1
 BATCH_SIZE = 16
 
@@ -61,6 +61,9 @@ NSA_OPTIONS: tuple[Option, ...] = (  # declared like the pruners' options (one m
            help="labelled neurons ablated per cluster (default: 2% of MLP neurons, at least 10)"),
     Option("seeds", int, 20, min=20, help="random-neuron draws of the validation's null distribution (at least 20)"),
     Option("validation", bool, True, help="the ablation check of the labels"),
+    Option("label_at_chance", bool, False,
+           help="label neurons even when the dense model is not significantly above chance on the task (its "
+                "labels would describe a model that does not do the task)"),
 )
 
 
@@ -186,6 +189,7 @@ class DenseNSA:
     validation_detail: dict
     reused: bool
     entry: Entry
+    chance: dict  # nsa.validation.above_chance of the dense records
 
 
 def prepare(model, tokenizer, config: NSAConfig, model_key: str, stages: Stages, spec=None) -> NSAInputs:
@@ -232,19 +236,24 @@ def dense_part(model, tokenizer, inputs: NSAInputs, dense_records: list[dict], m
     """Running sums, labels, top examples and validation on the dense model: from the cache, or computed once."""
     config, spec = inputs.config, inputs.spec
     match = config.match_config()
+    chance = above_chance(dense_records)
+    silent = not chance["above_chance"] and not config.options["label_at_chance"]
     entry = Entry.keyed("nsa-dense", DENSE_FORMAT, {
         "model": model_key, "task": task_fingerprint(spec, config.limit), "words": inputs.selection.fingerprint(),
         "matching": match.key(), "validation": asdict(config.validation_config()) | {"batch_size": None},
-        "validate": config.options["validation"]})
+        "validate": config.options["validation"], "silent": silent})
 
     def fill(tmp: Path) -> None:
         acc = M.stream(model, inputs.encoded, inputs.sites, inputs.sizes, len(inputs.words), match.batch_size,
                        top_m=match.top_examples, progress=stages.step("dense matching", 0.25))
         state = acc.state()
-        matching = M.label_neurons(state, inputs.words, inputs.clusters, match)
+        matching = _labelled(state, inputs, match, silent)
         top = M.top_examples(model, inputs.sites, inputs.encoded, state, matching.labels, inputs.texts,
                              match.top_example_neurons, match.batch_size)
-        if config.options["validation"]:
+        if silent:
+            validation, detail = {}, {"note": "the dense model is not above chance on this task: nothing labelled, "
+                                              "nothing to validate"}
+        elif config.options["validation"]:
             validation, detail = validate(model, tokenizer, spec, config.limit, inputs.sites, inputs.sizes,
                                           matching.labels, inputs.selection.clusters, dense_records,
                                           config.validation_config(), stages.step("validation", 0.3))
@@ -260,9 +269,17 @@ def dense_part(model, tokenizer, inputs: NSAInputs, dense_records: list[dict], m
                                              f"(nsa-dense/{entry.key})")
     state = load_file(str(entry.path("state.safetensors")))
     saved = read_json(entry.path("validation.json"))
-    return DenseNSA(state=state, matching=M.label_neurons(state, inputs.words, inputs.clusters, match),
+    return DenseNSA(state=state, matching=_labelled(state, inputs, match, silent),
                     top_examples=read_jsonl(entry.path("top_examples.jsonl")), validation=saved["validation"],
-                    validation_detail=saved["validation_detail"], reused=reused, entry=entry)
+                    validation_detail=saved["validation_detail"], reused=reused, entry=entry, chance=chance)
+
+
+def _labelled(state: dict, inputs: NSAInputs, match, silent: bool):
+    """The neuron labels, or none when the dense model does not do the task (`silent`)."""
+    matching = M.label_neurons(state, inputs.words, inputs.clusters, match)
+    if silent:
+        matching.labels = []
+    return matching
 
 
 def pruned_part(model, inputs: NSAInputs, dense: DenseNSA, dense_records: list[dict], pruned_records: list[dict],
@@ -293,7 +310,7 @@ def summary_of(inputs: NSAInputs, dense: DenseNSA, model_id: str, model_key: str
         "neurons": _neuron_counts(dense.matching, inputs.selection.clusters),
         "validation": dense.validation, "validation_detail": dense.validation_detail,
         "matching": asdict(match) | {"n_tokens": dense.matching.n_tokens, "test": SIGNIFICANCE_NOTE},
-        "dense_cache": dense.entry.key,
+        "dense_cache": dense.entry.key, "dense_vs_chance": dense.chance,
         "accuracy_source": "eval/comparison.json (the evaluation of this example set)",
     }
     if pruned is not None:

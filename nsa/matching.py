@@ -50,7 +50,7 @@ class MatchConfig:
     min_selectivity: float = 1.0
     label_size: int = 3
     top_examples: int = 5
-    top_example_neurons: int = 300  # labelled neurons (most selective first) whose top examples are kept
+    top_example_neurons: int = 5000  # labelled neurons (most selective first) whose top examples are kept
     max_length: int | None = None
 
     def key(self) -> dict:

@@ -74,6 +74,31 @@ def margin_drop(before: list[tuple[int, float]], after: list[tuple[int, float]])
     return sum(b - a for (_, b), (_, a) in zip(before, after)) / len(before) if before else 0.0
 
 
+def above_chance(records: list[dict], level: float = 0.05) -> dict:
+    """Is the model's accuracy on these records significantly above chance? Chance is the majority class's share
+    of the examples (the best constant guess); one-sided exact binomial test. An interpretation of a model that
+    does not do the task (labels, flips) describes noise: the pages warn and NSA labels nothing by default."""
+    n = len(records)
+    k = sum(bool(r["correct"]) for r in records)
+    golds = [r["gold"] for r in records]
+    chance = max(golds.count(g) for g in set(golds)) / n if n else 0.0
+    p = binomial_tail(k, n, chance) if n else 1.0
+    return {"accuracy": k / n if n else None, "n": n, "chance": chance, "p_value": p, "above_chance": p < level,
+            "test": "one-sided exact binomial test of the accuracy against the majority-class rate"}
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact for any n this tool sees)."""
+    if p <= 0.0:
+        return 1.0 if k <= 0 else 0.0
+    if p >= 1.0:
+        return 1.0
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+             + (n - i) * math.log1p(-p) for i in range(k, n + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
 def permutation_p(observed: float, null: list[float]) -> float:
     """One-sided Monte Carlo p-value of `observed` being at least this large under the `null` draws."""
     return (1 + sum(x >= observed for x in null)) / (1 + len(null))

@@ -61,7 +61,7 @@ def small_spec(stories_dir, method: str) -> dict:
     spec = {"model": str(stories_dir),
             "prune": {"method": method, "sparsity": 0.5, "pattern": "unstructured"},
             "evaluate": {"tasks": ["sst2"], "limit": 24},
-            "nsa": {"task": "sst2", "limit": 24}}
+            "nsa": {"task": "sst2", "limit": 24, "options": {"label_at_chance": True}}}
     if method != "magnitude":
         spec["calibration"] = {"source": "wikitext2", "nsamples": 4, "seqlen": 64, "seed": 0}
     return spec

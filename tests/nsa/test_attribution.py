@@ -19,7 +19,9 @@ from nsa.validation import task_scores
 from pruners.io import save_result
 
 LIMIT = 48
-OPTIONS = {"top_k": 8, "min_df": 2, "min_occurrences": 5, "n_ablate": 5}
+# stories260K is at chance on SST-2 (a toy story model): NSA would label nothing by default, so these tests ask
+# for labels anyway; test_a_model_at_chance_labels_nothing_by_default checks the default
+OPTIONS = {"top_k": 8, "min_df": 2, "min_occurrences": 5, "n_ablate": 5, "label_at_chance": True}
 
 
 def _config(**options) -> A.NSAConfig:
@@ -232,3 +234,14 @@ def test_sparsegpt_run_folder_files(tiny, tmp_path):
     assert len(a) == len(b) > 0
     assert any(abs(x["pruned_mean"] - y["pruned_mean"]) > 1e-4 for x, y in zip(a, b))
     assert [x["frac_out"] for x in a] == [y["frac_out"] for y in b]
+
+
+def test_a_model_at_chance_labels_nothing_by_default(stories, tmp_path):
+    """stories260K scores near 0.5 on SST-2: its "labels" would describe noise, so by default NSA labels nothing
+    and says why; label_at_chance asks for them anyway."""
+    model, tok = stories
+    summary, dense = attribute(model, tok, _config(label_at_chance=False, validation=False), "stories",
+                               out_dir=tmp_path)
+    chance = summary["dense_vs_chance"]
+    assert not chance["above_chance"] and chance["n"] == LIMIT and chance["p_value"] >= 0.05
+    assert summary["neurons"]["labelled"] == 0 and _read(tmp_path / "neuron_labels.jsonl") == []

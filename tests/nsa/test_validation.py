@@ -4,7 +4,14 @@ from __future__ import annotations
 import pytest
 
 from nsa.errors import NSAError
-from nsa.validation import cluster_neurons, loss_accuracy_correlation, permutation_p, random_like
+from nsa.validation import (
+    above_chance,
+    binomial_tail,
+    cluster_neurons,
+    loss_accuracy_correlation,
+    permutation_p,
+    random_like,
+)
 
 
 def test_cluster_neurons_rank_by_selectivity():
@@ -47,3 +54,15 @@ def test_permutation_p_value():
     assert permutation_p(1.0, [0.0] * 20) == pytest.approx(1 / 21)
     assert permutation_p(1.0, [2.0] * 20) == 1.0
     assert permutation_p(0.5, [0.1] * 10 + [0.9] * 10) == pytest.approx(11 / 21)
+
+
+def test_binomial_tail_and_the_chance_check():
+    import scipy.stats as stats
+
+    for k, n, p in ((60, 100, 0.5), (0, 10, 0.3), (10, 10, 0.9), (530, 1000, 0.505)):
+        assert binomial_tail(k, n, p) == pytest.approx(stats.binom.sf(k - 1, n, p), rel=1e-9)
+    records = [{"correct": i < 55, "gold": i % 2} for i in range(100)]
+    check = above_chance(records)
+    assert check["chance"] == 0.5 and check["accuracy"] == 0.55 and not check["above_chance"]
+    records = [{"correct": i < 80, "gold": i % 2} for i in range(100)]
+    assert above_chance(records)["above_chance"]

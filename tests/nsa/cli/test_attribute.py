@@ -27,7 +27,7 @@ def test_bad_arguments_fail_fast(extra, message, tmp_path, capsys):
 def test_full_run_on_stories(stories_dir, tmp_path, capsys):
     out = tmp_path / "nsa"
     rc = main(["attribute", "--model", str(stories_dir), "--task", "sst2", "--limit", "40", "--top-k", "6",
-               "--min-df", "2", "--min-occurrences", "5", "--validation", "false", "--out", str(out)])
+               "--min-df", "2", "--min-occurrences", "5", "--validation", "false", "--label-at-chance", "true", "--out", str(out)])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     summary = json.loads((out / "summary.json").read_text())

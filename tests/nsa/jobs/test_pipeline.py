@@ -63,7 +63,8 @@ def test_nsa_options_reach_the_attribution(cache, stories_dir):
     """A job's nsa.options are what the NSA stage runs with (here: 4 words per class, no validation)."""
     spec = parse_spec({"model": str(stories_dir), "prune": {"method": "magnitude", "sparsity": 0.5},
                        "nsa": {"task": "sst2", "limit": 24,
-                               "options": {"top_k": 4, "min_df": 2, "min_occurrences": 5, "validation": False}}})
+                               "options": {"top_k": 4, "min_df": 2, "min_occurrences": 5, "validation": False,
+                                           "label_at_chance": True}}})
     folder = run_job(spec)
     summary = json.loads((folder / "nsa" / "summary.json").read_text())
     assert summary["words"]["top_k"] == 4 and summary["words"]["n_words"] <= 8
