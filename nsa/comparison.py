@@ -55,6 +55,11 @@ def word_cluster_loss(dense: Matching, pruned: Matching) -> list[dict]:
     labelled = {}
     for lab in dense.labels:
         labelled.setdefault(lab["layer"], []).append(lab["index"])
+    # a cluster's neuron count is its labelled neurons, each once (a neuron carries several of its words: summing
+    # the word rows' counts counted it once per word, more neurons than the model has)
+    labelled_in: dict[str, int] = {}
+    for lab in dense.labels:
+        labelled_in[lab["cluster"]] = labelled_in.get(lab["cluster"], 0) + 1
     rows, per_cluster = [], {}
     for k, word in enumerate(dense.words):
         lost = dense_sum = abs_sum = 0.0
@@ -72,14 +77,14 @@ def word_cluster_loss(dense: Matching, pruned: Matching) -> list[dict]:
             abs_sum += float(d.abs().sum())
             n_neurons += int(sel.numel())
         cluster = dense.clusters[k]
-        row = {"level": "word", "name": word, "cluster": cluster, "n_neurons": n_neurons,
+        row = {"level": "word", "name": word, "cluster": cluster, "n_neurons": n_neurons,  # carrying this word
                "occurrences": int(dense.word_count[k]), "dense_activation": dense_sum,
                "activation_lost": lost, "relative_lost": lost / abs_sum if abs_sum else None}
         rows.append(row)
         agg = per_cluster.setdefault(cluster, {"level": "cluster", "name": cluster, "cluster": cluster,
-                                               "n_neurons": 0, "occurrences": 0, "dense_activation": 0.0,
-                                               "activation_lost": 0.0, "_abs": 0.0, "n_words": 0})
-        agg["n_neurons"] += n_neurons
+                                               "n_neurons": labelled_in.get(cluster, 0), "occurrences": 0,
+                                               "dense_activation": 0.0, "activation_lost": 0.0, "_abs": 0.0,
+                                               "n_words": 0})
         agg["occurrences"] += row["occurrences"]
         agg["dense_activation"] += dense_sum
         agg["activation_lost"] += lost

@@ -28,3 +28,11 @@ def cache_dir() -> Path:
     path = Path(value).expanduser() if value else PROJECT_ROOT / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
+
+
+def allowed_dirs() -> list[Path]:
+    """Folders a path typed into the app may point into: the data, models and cache folders and
+    NSA_ALLOWED_DIRS (an os.pathsep list). Unset variables simply contribute nothing."""
+    dirs = [data_dir(), models_dir(), cache_dir()]
+    dirs += [Path(p) for p in os.environ.get("NSA_ALLOWED_DIRS", "").split(os.pathsep) if p.strip()]
+    return [d.expanduser().resolve() for d in dirs if d is not None]

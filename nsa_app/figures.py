@@ -6,6 +6,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+# One colour per role, on every page: dense is blue, pruned is red, random controls are grey.
+ROLE_COLORS = {"dense": "#1f77b4", "pruned": "#d62728", "labelled neurons ablated": "#9467bd",
+               "random neurons ablated": "#7f7f7f", "restored": "#2ca02c"}
+
 
 def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     fig.update_layout(title=title, height=height, margin=dict(l=60, r=20, t=50, b=50), template="plotly_white")
@@ -61,7 +65,7 @@ def accuracy_bars(df: pd.DataFrame, color: str = "model", title: str = "Accuracy
         value = part["value"].astype(float)
         lo = (value - part["lo"].astype(float)).clip(lower=0)
         hi = (part["hi"].astype(float) - value).clip(lower=0)
-        fig.add_trace(go.Bar(name=str(name), x=part["task"], y=value,
+        fig.add_trace(go.Bar(name=str(name), x=part["task"], y=value, marker_color=ROLE_COLORS.get(str(name)),
                              error_y=dict(type="data", array=hi.tolist(), arrayminus=lo.tolist()),
                              customdata=part[["group", "n"]].to_numpy(),
                              hovertemplate="%{x} (%{customdata[0]})<br>%{y:.3f} (n=%{customdata[1]})"
@@ -101,11 +105,29 @@ def validation_margin_bars(df: pd.DataFrame) -> go.Figure:
 def _ablation_bars(df: pd.DataFrame, measure: str, y_title: str, title: str) -> go.Figure:
     """Grouped bars per cluster: labelled_<measure>drop beside random_<measure>drop_mean ± std."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df[f"labelled_{measure}drop"]))
+    fig.add_trace(go.Bar(name="labelled neurons ablated", x=df["cluster"], y=df[f"labelled_{measure}drop"],
+                         marker_color=ROLE_COLORS["labelled neurons ablated"]))
     fig.add_trace(go.Bar(name="random neurons ablated", x=df["cluster"], y=df[f"random_{measure}drop_mean"],
+                         marker_color=ROLE_COLORS["random neurons ablated"],
                          error_y=dict(type="data", array=df[f"random_{measure}drop_std"].fillna(0).tolist())))
     fig.update_layout(barmode="group", yaxis_title=y_title)
     return _layout(fig, title, height=360)
+
+
+def drop_bars(df: pd.DataFrame, title: str) -> go.Figure:
+    """Accuracy drop (points) per task, one bar per run, each against its own dense baseline, with the paired
+    95% interval; hover gives both accuracies and the number of examples."""
+    fig = go.Figure()
+    for run, part in df.groupby("run", sort=False):
+        fig.add_trace(go.Bar(name=str(run), x=part["task"], y=part["drop"],
+                             error_y=dict(type="data", array=(part["drop_hi"] - part["drop"]).tolist(),
+                                          arrayminus=(part["drop"] - part["drop_lo"]).tolist()),
+                             customdata=part[["dense", "pruned", "n"]].to_numpy(),
+                             hovertemplate="%{x}: drop %{y:.1f} points<br>dense %{customdata[0]:.3f} → pruned "
+                                           "%{customdata[1]:.3f} (n=%{customdata[2]})<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis_title="accuracy drop (points, dense − pruned)",
+                      legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, title, height=440)
 
 
 def loss_drop_scatter(df: pd.DataFrame) -> go.Figure:
@@ -129,6 +151,14 @@ def jaccard_lines(df: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Mask overlap per layer", height=380)
 
 
-def to_html(fig: go.Figure) -> str:
-    """Standalone HTML with plotly.js embedded (works offline, nothing from a CDN)."""
-    return fig.to_html(include_plotlyjs=True, full_html=True)
+def to_html(figures: dict[str, go.Figure], title: str = "NSA Lab figures") -> str:
+    """One standalone HTML page holding every figure, with plotly.js embedded once (works offline)."""
+    parts = [fig.to_html(include_plotlyjs=(i == 0), full_html=False) for i, fig in enumerate(figures.values())]
+    heads = [f"<h2>{name}</h2>" for name in figures]
+    body = "\n".join(h + p for h, p in zip(heads, parts))
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>{body}</body></html>"
+
+
+def to_png(fig: go.Figure) -> bytes:
+    """The figure as a PNG (plotly's static export through kaleido, which drives the system's Chromium)."""
+    return fig.to_image(format="png", width=1100, height=int(fig.layout.height or 450), scale=2)

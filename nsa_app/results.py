@@ -28,7 +28,8 @@ from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
 from nsa.jobs import runs
 from nsa.jobs.runs import run_entry
-from nsa.validation import loss_accuracy_correlation
+from nsa.validation import above_chance, loss_accuracy_correlation
+from pruners import PruneError, get_method
 from pruners.families import mlp_sites_from_names
 
 HIST_BINS = 20
@@ -145,13 +146,51 @@ def _describe(run_id: str, spec: dict) -> dict:
             "calibration": f"{calib.get('source', '-')}" if calib else "-", "tasks": ", ".join(tasks)}
 
 
+def describe(spec: dict, tag: str = "") -> str:
+    """A run's experiment in one line, naming what tells runs apart: method, sparsity, pattern, options that
+    differ from the method's defaults, calibration source, size and seed, model, prompt setting, tasks, NSA."""
+    prune = spec.get("prune") or {}
+    method = str(prune.get("method", "?"))
+    head = f"{method} {float(prune.get('sparsity', 0)):.0%}"
+    if prune.get("pattern", "unstructured") != "unstructured":
+        head += f" {prune['pattern']}"
+    if prune.get("sparsity_profile", "uniform") not in ("uniform", None):
+        head += f" {prune['sparsity_profile']}"
+    try:
+        defaults = {o.name: o.default for o in get_method(method).options}
+    except PruneError:
+        defaults = {}
+    changed = [f"{k}={v}" for k, v in sorted((prune.get("options") or {}).items()) if defaults.get(k) != v]
+    parts = [head + (f" ({', '.join(changed)})" if changed else "")]
+    calib = spec.get("calibration")
+    if calib:
+        parts.append(f"{calib.get('source')} {calib.get('nsamples')}×{calib.get('seqlen')} seed {calib.get('seed')}")
+    model = str(spec.get("model", "?"))
+    parts.append("demo" if model == "demo" else Path(model).name.removesuffix(".gguf"))
+    prompt = spec.get("prompt")
+    if prompt:
+        text = prompt.get("template", "reference")
+        shots = prompt.get("num_fewshot") or 0
+        parts.append(("prompt " + (text if len(text) < 20 else text[:17] + "…")) + (f", {shots}-shot" if shots else "")
+                     + (", chat" if prompt.get("chat") else ""))
+    evaluate = spec.get("evaluate") or {}
+    if evaluate.get("tasks"):
+        limit = evaluate.get("limit")
+        parts.append(f"{len(evaluate['tasks'])} task{'s' if len(evaluate['tasks']) > 1 else ''}"
+                     + (f" ×{limit}" if limit else ""))
+    nsa = spec.get("nsa")
+    if nsa:
+        parts.append(f"NSA {nsa.get('task')}" + (f" ×{nsa['limit']}" if nsa.get("limit") else ""))
+    label = " · ".join(parts)
+    return f"[{tag}] {label}" if tag else label
+
+
 def run_label(run_id: str) -> str:
     try:
-        d = _describe(run_id, spec(run_id))
+        text = describe(spec(run_id), runs.tags().get(run_id, ""))
     except NSAError:
         return run_id
-    calib = "" if d["method"] == "magnitude" else f" · calib {d['calibration']}"
-    return f"{run_id[:8]} · {d['method']} {d['sparsity']:.0%} {d['pattern']}{calib} · {Path(d['model']).name}"
+    return f"{run_id[:8]} · {text}"
 
 
 def spec(run_id: str) -> dict:
@@ -267,10 +306,12 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
     df = base[["layer", "index", "frac_in", "frac_out"]].copy()
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
     df["label"], df["cluster"] = "", ""
+    df["selectivity"] = np.nan
     df["shift_abs"], df["shift_rel"] = np.nan, np.nan
     if labels is not None and len(labels):
-        lab = labels[["layer", "index", "label", "cluster"]]
-        df = df.drop(columns=["label", "cluster"]).merge(lab, on=["layer", "index"], how="left")
+        lab = labels[["layer", "index", "label", "cluster"]].assign(
+            selectivity=labels["top_selectivity"] if "top_selectivity" in labels else np.nan)
+        df = df.drop(columns=["label", "cluster", "selectivity"]).merge(lab, on=["layer", "index"], how="left")
         df[["label", "cluster"]] = df[["label", "cluster"]].fillna("")
     if shift is not None and len(shift):
         sh = shift[["layer", "index", "shift_abs", "shift_rel"]]
@@ -279,6 +320,17 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
         _JOIN_CACHE.clear()
     _JOIN_CACHE[key] = df
     return df
+
+
+NEURON_HELP = {
+    "frac_in": "share of the neuron's row in the input weights (gate and up) that pruning removed",
+    "frac_out": "share of the neuron's column in the down projection that pruning removed",
+    "frac": "mean of frac_in and frac_out",
+    "label": "NSA label: the neuron's most selective significant words (cluster: words)",
+    "selectivity": "the label's top selectivity: (mean activation on the word − mean over all text tokens) / sd",
+    "shift_abs": "pruned − dense mean activation on its label words",
+    "shift_rel": "shift_abs / |dense mean activation|",
+}
 
 
 def filter_neurons(df: pd.DataFrame, layer: int | None = None, labelled_only: bool = False,
@@ -403,6 +455,16 @@ def clusters(run_id: str) -> pd.DataFrame:
     return df if df is not None else pd.DataFrame(columns=["level", "name", "cluster", "activation_lost"])
 
 
+CLUSTER_HELP = {
+    "level": "cluster: a class's words together; word: one influential word",
+    "n_neurons": "labelled neurons of the cluster (each once); for a word, the labelled neurons it is significant for",
+    "occurrences": "times the word(s) occur in the example texts",
+    "dense_activation": "summed mean activation of those neurons on the word(s), dense model",
+    "activation_lost": "dense − pruned of that sum",
+    "relative_lost": "activation_lost / summed |dense activation|",
+}
+
+
 def neuron_word_matrix(run_id: str, top: int = 25) -> pd.DataFrame:
     """Top labelled neurons (by selectivity) × their significant words, valued by selectivity (σ above the
     neuron's mean over all text tokens); NaN where the word is not one of the neuron's significant words."""
@@ -430,32 +492,33 @@ def _scalar(v: Any) -> float:
         return 0.0
 
 
+VALIDATION_COLUMNS = ["cluster", "n_neurons", "n_examples", "labelled_margin_drop", "random_margin_drop_mean",
+                      "random_margin_drop_std", "p_margin", "labelled_drop", "random_drop_mean", "random_drop_std",
+                      "p_accuracy", "validated", "verdict"]
+
+
 def validation(run_id: str) -> pd.DataFrame:
-    """Per cluster: labelled_drop, random_drop_mean, random_drop_std, n_neurons, beats_random (labelled drop
-    above the random mean + 1 std unless the summary records its own verdict; None when the cluster has no
-    labelled neuron), and the same for the gold-margin drop in nats (None for runs made before it existed)."""
+    """Per cluster: the gold-margin drop (nats, the primary measure) and the accuracy drop (points) when its top
+    labelled neurons are ablated, beside random neuron sets (mean ± sd over the draws), the permutation
+    p-values, `validated` (p_margin < 0.05) and the verdict sentence NSA wrote. Empty for runs without it."""
     summary = nsa_summary(run_id)
     detail = (summary.get("validation_detail") or {}).get("clusters") or {}
     rows = []
     for cluster, v in (summary.get("validation") or {}).items():
-        if not isinstance(v, dict):
-            continue
-        lab, mean, std = v.get("labelled_drop"), v.get("random_drop_mean"), v.get("random_drop_std")
-        beats = (detail.get(cluster) or {}).get("beats_random")  # the NSA step's own verdict when recorded
-        if beats is None and lab is not None and mean is not None:
-            beats = bool(lab > mean + (std or 0.0))
-        beats = None if lab is None else beats
-        beats_margin = None if lab is None else (detail.get(cluster) or {}).get("beats_random_margin")
-        rows.append({"cluster": cluster, "labelled_drop": lab, "random_drop_mean": mean,
-                     "random_drop_std": std, "n_neurons": v.get("n_neurons"), "beats_random": beats,
-                     "labelled_margin_drop": v.get("labelled_margin_drop"),
-                     "random_margin_drop_mean": v.get("random_margin_drop_mean"),
-                     "random_margin_drop_std": v.get("random_margin_drop_std"),
-                     "beats_random_margin": beats_margin})
-    return pd.DataFrame(rows, columns=["cluster", "labelled_drop", "random_drop_mean", "random_drop_std",
-                                       "n_neurons", "beats_random", "labelled_margin_drop",
-                                       "random_margin_drop_mean", "random_margin_drop_std",
-                                       "beats_random_margin"])
+        if isinstance(v, dict):
+            rows.append({col: v.get(col) for col in VALIDATION_COLUMNS if col not in ("cluster", "verdict")}
+                        | {"cluster": cluster, "verdict": (detail.get(cluster) or {}).get("verdict", "")})
+    return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
+
+
+VALIDATION_HELP = {
+    "labelled_margin_drop": "gold margin lost (nats) when the cluster's top labelled neurons are zeroed: "
+                            "log p(gold) − max log p(other), averaged over the cluster's class",
+    "random_margin_drop_mean": "the same for random neuron sets with the same per-layer counts (mean over draws)",
+    "p_margin": "one-sided permutation p-value: (1 + draws losing at least as much) / (1 + draws)",
+    "labelled_drop": "accuracy drop in points on the same examples (secondary: accuracy saturates)",
+    "validated": "p_margin < 0.05",
+}
 
 
 # --- accuracy ----------------------------------------------------------------------------------------------
@@ -501,8 +564,30 @@ def accuracy_table(run_id: str) -> pd.DataFrame:
             row["drop 95% CI"] = _interval(None if lo is None else 100 * lo, None if hi is None else 100 * hi)
             row["McNemar p"] = c.get("mcnemar_p")
             row["lost"], row["gained"] = c.get("n_lost"), c.get("n_gained")
+        chance = dense_vs_chance(run_id, task)
+        if chance is not None:
+            row["chance"] = chance["chance"]
+            row["dense above chance"] = "yes" if chance["above_chance"] else f"NO (p = {chance['p_value']:.2f})"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+ACCURACY_HELP = {
+    "n": "examples the accuracies and the drop rest on (the same examples dense and pruned)",
+    "drop (points)": "dense − pruned accuracy on the same examples, in points",
+    "drop 95% CI": "paired normal 95% interval of the drop",
+    "McNemar p": "exact McNemar test of the lost vs gained examples",
+    "chance": "share of the commonest gold answer: what always giving it scores",
+    "dense above chance": "one-sided exact binomial test of the dense accuracy against chance",
+}
+
+
+def dense_vs_chance(run_id: str, task: str) -> dict | None:
+    """`nsa.validation.above_chance` of the dense records (None for perplexity tasks)."""
+    records = read_table(run_id, f"eval/dense/{task}.jsonl", required=False)
+    if records is None or records.empty or "correct" not in records or "gold" not in records:
+        return None
+    return above_chance(records[["correct", "gold"]].to_dict("records"))
 
 
 def _interval(lo: Any, hi: Any) -> str:
@@ -546,15 +631,28 @@ def eval_comparison(run_id: str) -> dict | None:
 
 
 # --- comparing runs ----------------------------------------------------------------------------------------
+def model_of(run_id: str) -> str:
+    """What a run pruned, for grouping runs (the model's name)."""
+    model = str(spec(run_id).get("model", "?"))
+    return "demo" if model == "demo" else Path(model).name
+
+
 def compare_accuracy(run_ids: list[str]) -> pd.DataFrame:
-    frames = []
+    """One row per run and task: the run's own dense accuracy, its pruned accuracy, the drop in points with the
+    paired 95% interval and the number of examples (all from the run's eval/comparison.json)."""
+    rows = []
     for rid in run_ids:
-        df = accuracy(rid)
-        df = df[df["model"] == "pruned"].assign(run=run_label(rid))
-        frames.append(df)
-        if rid == run_ids[0]:
-            frames.append(accuracy(rid).query("model == 'dense'").assign(run="dense"))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        tasks = (eval_comparison(rid) or {}).get("tasks") or {}
+        groups = dict(zip(*[accuracy(rid)[c] for c in ("task", "group")]))
+        for task, c in tasks.items():
+            if c.get("drop") is None:
+                continue
+            lo, hi = c.get("drop_ci95") or (c["drop"], c["drop"])
+            rows.append({"model": model_of(rid), "run": run_label(rid), "run_id": rid, "task": task,
+                         "group": groups.get(task, ""), "dense": c["dense_acc"], "pruned": c["pruned_acc"],
+                         "drop": 100 * c["drop"], "drop_lo": 100 * lo, "drop_hi": 100 * hi, "n": c["n"]})
+    return pd.DataFrame(rows, columns=["model", "run", "run_id", "task", "group", "dense", "pruned", "drop",
+                                       "drop_lo", "drop_hi", "n"])
 
 
 def loss_vs_drop(run_ids: list[str]) -> tuple[pd.DataFrame, dict]:
@@ -573,9 +671,10 @@ def loss_vs_drop(run_ids: list[str]) -> tuple[pd.DataFrame, dict]:
         for r in table[table["level"] == "cluster"].itertuples(index=False):
             if r.relative_lost is None or pd.isna(r.relative_lost):
                 continue  # a cluster with no labelled neuron has nothing to lose
-            rows.append({"run": run_label(rid), "task": task, "cluster": r.name, "relative_lost": r.relative_lost,
-                         "accuracy_drop": 100 * comparison["drop"], "n": comparison.get("n")})
-    df = pd.DataFrame(rows, columns=["run", "task", "cluster", "relative_lost", "accuracy_drop", "n"])
+            rows.append({"model": model_of(rid), "run": run_label(rid), "task": task, "cluster": r.name,
+                         "relative_lost": r.relative_lost, "accuracy_drop": 100 * comparison["drop"],
+                         "n": comparison.get("n")})
+    df = pd.DataFrame(rows, columns=["model", "run", "task", "cluster", "relative_lost", "accuracy_drop", "n"])
     return df, loss_accuracy_correlation(df.to_dict("records"))
 
 

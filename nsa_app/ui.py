@@ -2,7 +2,6 @@
 run picker, CSV/HTML downloads, and the local-path allow list."""
 from __future__ import annotations
 
-import os
 import runpy
 import traceback
 from pathlib import Path
@@ -11,10 +10,13 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
+from nsa.datasets import get_task
 from nsa.errors import NSAError
+from nsa.jobs.spec import JobSpec, parse_spec
 from nsa.jobs.submit import Submission, submit
-from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, cache_dir, data_dir
-from nsa_app.figures import to_html
+from nsa.models import hub_suggestions, local_models, looks_local
+from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, allowed_dirs, models_dir
+from nsa_app.figures import to_html, to_png
 from nsa_app.results import ArtifactError, list_runs, run_label, spec
 from pruners import PruneError
 
@@ -22,15 +24,19 @@ PAGE_SIZES = (25, 50, 100)
 
 
 # --- URL state ---------------------------------------------------------------------------------------------
-def param(name: str, default: Any = None, cast: Callable = str) -> Any:
-    """A query parameter cast to `cast`, or `default` when absent or malformed."""
+def param(name: str, default: Any = None, cast: Callable = str, valid: Callable[[Any], bool] | None = None) -> Any:
+    """A query parameter cast to `cast`, or `default` when absent, malformed, too long, or not `valid` (a link
+    edited by hand never reaches a widget with a value it refuses)."""
     raw = st.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None or raw == "" or len(raw) > 200:
         return default
     try:
-        return cast(raw)
-    except (TypeError, ValueError):
+        value = cast(raw)
+    except (TypeError, ValueError, OverflowError):
         return default
+    if cast is float and value != value:  # NaN
+        return default
+    return value if valid is None or valid(value) else default
 
 
 def set_params(**values: Any) -> None:
@@ -76,10 +82,44 @@ def guarded(body: Callable[[], None]) -> None:
     if not st.session_state.get("nsa_app"):
         runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
         return
+    st.session_state["page-figures"] = {}
     try:
         body()
     except Exception as err:  # noqa: BLE001 - the page must never show a bare traceback (st.stop/rerun are
         show_error(err)       # BaseExceptions and pass through)
+    figures_download()
+
+
+def has_nsa(run_id: str) -> bool:
+    """The run asked for NSA; when it did not, the page says so and offers to add it (one click: a job with the
+    same spec plus NSA, which reuses this run's pruning and evaluations and computes only NSA)."""
+    spec_ = spec(run_id)
+    if spec_.get("nsa"):
+        return True
+    tasks = [t for t in (spec_.get("evaluate") or {}).get("tasks") or [] if get_task(t).kind == "classification"]
+    st.info("This run did not ask for neuron semantic attribution (NSA).")
+    if not tasks:
+        st.caption("It evaluated no classification task to attribute: launch a run with NSA from the Run page.")
+        return False
+    task = st.selectbox("Add NSA on", tasks, key=f"add-nsa-task-{run_id}")
+    if st.button("Add NSA to this run", key=f"add-nsa-{run_id}", type="primary"):
+        sub = submit_checked({**spec_, "nsa": {"task": task}})
+        st.success(f"{sub.message}: it reuses this run's pruning and evaluations and computes NSA only. "
+                   f"Its results open here when it finishes.")
+        st.page_link("pages/run.py", label="Follow it on the Run page")
+        set_params(run=sub.run_id)
+    return False
+
+
+def chance_banner(summary: dict) -> None:
+    """A warning on every page that interprets a task when the dense model does not do that task."""
+    chance = summary.get("dense_vs_chance") or {}
+    if chance and not chance.get("above_chance", True):
+        st.warning(f"The dense model is not significantly above chance on {summary.get('task')}: accuracy "
+                   f"{chance['accuracy']:.3f} over {chance['n']} examples vs {chance['chance']:.3f} for always "
+                   f"answering the commonest class (p = {chance['p_value']:.2f}, exact binomial test). Labels, "
+                   "flips and drops on this task describe noise; NSA labels nothing here unless asked "
+                   "(label_at_chance).")
 
 
 # --- runs --------------------------------------------------------------------------------------------------
@@ -101,37 +141,98 @@ def pick_run(label: str = "Run", key: str = "run") -> str | None:
 
 
 # --- downloads ---------------------------------------------------------------------------------------------
-def table(df: pd.DataFrame, name: str, **kwargs: Any) -> Any:
-    """A dataframe with a CSV download of exactly what is shown."""
-    out = st.dataframe(df, hide_index=True, **kwargs)
-    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+def table(df: pd.DataFrame, name: str, help: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """A dataframe (numbers rounded for reading, columns explained by `help`) with a CSV download of exactly
+    what is shown, formula-injection safe."""
+    config = {col: st.column_config.Column(col, help=text) for col, text in (help or {}).items() if col in df}
+    out = st.dataframe(readable(df), hide_index=True, column_config=config or None, **kwargs)
+    st.download_button("Download CSV", safe_csv(df).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv-{name}", on_click="ignore")
     return out
 
 
+def readable(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Floats to `digits` significant digits and lists as comma-separated text: no raw Python reprs on a page."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            out[col] = out[col].map(lambda v: v if v != v else float(f"{v:.{digits}g}"))
+        elif out[col].dtype == object:
+            out[col] = out[col].map(_cell)
+    return out
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in items)
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    return value
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_csv(df: pd.DataFrame) -> str:
+    """CSV text in which a text cell starting like a spreadsheet formula is prefixed with ' (numbers untouched)."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object:
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out.to_csv(index=False)
+
+
 def chart(fig: Any, name: str) -> None:
-    """A plotly chart with a standalone HTML download (plotly.js embedded; built only when clicked)."""
+    """A plotly chart with a one-click PNG beside it; every figure of the page also goes into the page's one
+    HTML download (plotly.js embedded once, not per figure)."""
     st.plotly_chart(fig, key=f"fig-{name}", config={"displaylogo": False})
-    st.download_button("Download HTML", lambda: to_html(fig), file_name=f"{name}.html", mime="text/html",
-                       key=f"html-{name}", on_click="ignore")
+    st.session_state.setdefault("page-figures", {})[name] = fig
+    st.download_button("PNG", lambda: png_or_explain(fig), file_name=f"{name}.png", mime="image/png",
+                       key=f"png-{name}", on_click="ignore", help="a static image of this figure")
 
 
-# --- local paths -------------------------------------------------------------------------------------------
-def allowed_dirs() -> list[Path]:
-    """Folders a path typed into the app may point into: data, cache, and NSA_ALLOWED_DIRS (os.pathsep list)."""
-    dirs = [data_dir(), cache_dir()]
-    dirs += [Path(p) for p in os.environ.get("NSA_ALLOWED_DIRS", "").split(os.pathsep) if p.strip()]
-    return [d.expanduser().resolve() for d in dirs if d is not None]
+def png_or_explain(fig: Any) -> bytes:
+    try:
+        return to_png(fig)
+    except Exception as err:  # noqa: BLE001 - kaleido needs a Chromium; without one the download says why
+        return f"PNG export needs Chromium (apt-get install chromium) for plotly's kaleido: {err}".encode()
 
 
-def check_local_path(text: str) -> Path:
-    """Resolve a user-typed path; NSAError unless it lies inside an allowed folder."""
+def figures_download() -> None:
+    """One HTML file with every figure shown on this page."""
+    figs = st.session_state.get("page-figures") or {}
+    if figs:
+        st.download_button(f"Download the page's {len(figs)} figure{'s' if len(figs) > 1 else ''} (HTML)",
+                           lambda: to_html(figs), file_name="nsa-lab-figures.html", mime="text/html",
+                           key="html-all-figures", on_click="ignore")
+
+
+# --- local paths and the model picker --------------------------------------------------------------------
+def check_local_path(text: str, what: str = "path") -> Path:
+    """Resolve a user-typed path; NSAError (a sentence, never a traceback) unless it lies inside a folder the app
+    may read (`nsa.paths.allowed_dirs`)."""
     path = Path(text).expanduser().resolve()
-    for root in allowed_dirs():
+    roots = allowed_dirs()
+    for root in roots:
         if path == root or root in path.parents:
             return path
-    raise NSAError(f"{text!r} is outside the folders this app may read ({', '.join(map(str, allowed_dirs()))}); "
-                   f"add its folder to NSA_ALLOWED_DIRS before starting the app")
+    where = ", ".join(map(str, roots)) or "none"
+    raise NSAError(f"{what} {text!r} is outside the folders this app may read ({where}); put it under one of "
+                   "them, or add its folder to NSA_ALLOWED_DIRS (or NSA_MODELS_DIR) before starting the app")
+
+
+def checked_spec(spec_dict: dict) -> JobSpec:
+    """The spec parsed once, with every local path it names checked against the allowed folders: the model, a
+    calibration file, a word list and custom data, however the page named them."""
+    spec = parse_spec(spec_dict)
+    for field, path in spec.local_paths():
+        check_local_path(str(path), field)
+    return spec
+
+
+def submit_checked(spec_dict: dict) -> Submission:
+    return submit(checked_spec(spec_dict))
 
 
 def demo_ready() -> bool:
@@ -139,21 +240,44 @@ def demo_ready() -> bool:
     return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
 
 
+MODEL_KINDS = ("demo", "models folder", "local folder", "hub id")
+
+
 def model_input(prefix: str = "") -> str:
-    """The model picker of the Run and Study pages: the demo model (selected, labelled synthetic), a local
-    folder (inside the allowed folders) or a hub id; widget keys start with `prefix`."""
-    kind = st.radio("Model", ["demo", "local folder", "hub id"], horizontal=True, key=f"{prefix}model-kind",
-                    format_func=lambda k: "demo (synthetic)" if k == "demo" else k)
+    """The model picker of the Run and Study pages: the demo model (labelled synthetic), a model found in
+    NSA_MODELS_DIR (transformers folders and GGUF files, with family and size), another local folder or .gguf
+    file inside the allowed folders, or a hub id (well-known small models suggested, cached ones marked)."""
+    kind = st.radio("Model", MODEL_KINDS, horizontal=True, key=f"{prefix}model-kind",
+                    format_func=lambda k: {"demo": "demo (synthetic)", "models folder": "NSA_MODELS_DIR"}.get(k, k))
     if kind == "demo":
         st.caption("SYNTHETIC: a 4.2M-parameter Llama trained by this project on templated reviews and neutral "
                    "text (`demo-*` tasks and calibration sets are synthetic too). For learning the tool; its "
                    "numbers say nothing about real language models.")
         if not demo_ready():
-            st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick a "
-                       "local folder / hub id.")
+            st.warning("The demo model is not built in this checkout: run `python -m nsa demo build`, or pick "
+                       "another model.")
         return "demo"
+    if kind == "models folder":
+        found = [m for m in local_models() if m.kind != "demo"]
+        if not found:
+            st.info(f"No model found in NSA_MODELS_DIR ({models_dir() or 'not set'}): set it to a folder holding "
+                    "transformers model folders or .gguf files, or pick another kind.")
+            return ""
+        labels = {m.model: m.label for m in found}
+        choice = st.selectbox("Model", list(labels), format_func=labels.get, key=f"{prefix}model-local")
+        if choice.lower().endswith(".gguf"):
+            st.caption("A GGUF file is dequantized to float32 and converted once into the cache (about 20 s for "
+                       "135M parameters); later runs load the converted folder in a second.")
+        return choice
     if kind == "local folder":
-        text = st.text_input("Model folder", key=f"{prefix}model-path",
-                             help="Only folders inside the data or cache folder, or in NSA_ALLOWED_DIRS")
-        return str(check_local_path(text)) if text else ""
-    return st.text_input("Hub id (must be cached when offline)", key=f"{prefix}model-hub").strip()
+        text = st.text_input("Model folder or .gguf file", key=f"{prefix}model-path",
+                             help="inside the data, models or cache folder, or NSA_ALLOWED_DIRS")
+        return str(check_local_path(text, "model")) if text.strip() else ""
+    suggestions = hub_suggestions()
+    st.caption("Suggested: " + "; ".join(f"{m.model} ({'cached' if m.available else 'needs a download'})"
+                                          for m in suggestions))
+    text = st.text_input("Hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct (must be cached when offline)",
+                         key=f"{prefix}model-hub").strip()
+    if text and looks_local(text):  # a path typed where a hub id goes gets the same check as the folder field
+        return str(check_local_path(text, "model"))
+    return text

@@ -23,10 +23,16 @@ def body() -> None:
     if run_id is None:
         return
     acc = results.accuracy(run_id)
+    table = results.accuracy_table(run_id)
+    if "dense above chance" in table:
+        low = table[table["dense above chance"].astype(str).str.startswith("NO")]
+        if not low.empty:
+            st.warning(f"The dense model is not significantly above chance on {', '.join(low['task'])}: drops, "
+                       "flips and neuron labels on those tasks describe noise, not lost ability.")
     for group, part in acc.groupby("group", sort=False):
         st.subheader(group)
         ui.chart(figures.accuracy_bars(part, title=f"{group}: dense vs pruned"), f"accuracy-{group}")
-    ui.table(results.accuracy_table(run_id), f"accuracy-{run_id}")
+    ui.table(table, f"accuracy-{run_id}", help=results.ACCURACY_HELP)
     st.caption("Intervals: Wilson 95% on each accuracy; paired normal 95% on the drop (same examples, dense vs "
                "pruned); McNemar's exact test on the flips.")
 
@@ -36,13 +42,15 @@ def body() -> None:
     default = ui.param("task", nsa_task or (tasks[0] if tasks else None))
     task = st.selectbox("Task", tasks, index=tasks.index(default) if default in tasks else 0, key="flip-task")
     ui.set_params(task=task)
+    n = int(table.loc[table["task"] == task, "n"].iloc[0]) if (table["task"] == task).any() else None
     if task != nsa_task:
         other = results.eval_flips(run_id, task)
         if other.empty:
-            st.info(f"Pruning flipped no example of {task}.")
+            st.info(f"Pruning flipped none of the {n} examples of {task}.")
             return
         st.caption(f"{(other['direction'] == 'lost').sum()} lost, {(other['direction'] == 'gained').sum()} "
-                   f"gained. Influential words and neurons are shown for the NSA task ({nsa_task or 'none'}).")
+                   f"gained of the {n} examples the table's drop rests on. Influential words and neurons are shown "
+                   f"for the NSA task ({nsa_task or 'none'}).")
         ui.table(other, f"flips-{run_id}-{task}")
         return
     flips = results.flips(run_id)
@@ -55,7 +63,8 @@ def body() -> None:
                          else 0)
     ui.set_params(dir=direction)
     part = flips[flips["direction"] == direction]
-    st.caption(f"{len(part)} examples {'dense right → pruned wrong' if direction == 'lost' else 'dense wrong → pruned right'}")
+    st.caption(f"{len(part)} of the {n} examples went {'dense right → pruned wrong' if direction == 'lost' else 'dense wrong → pruned right'} "
+               "(the same examples and records as the table above)")
     for r in part.head(50).itertuples(index=False):
         with st.container(border=True):
             st.markdown(highlight(str(r.text), list(r.words) if r.words is not None else []),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import html
 
+import pandas as pd
 import streamlit as st
 
+from nsa.errors import NSAError
 from nsa_app import figures, results, ui
 
-SORTABLE = ["frac", "frac_in", "frac_out", "shift_abs", "shift_rel", "layer", "index"]
+SORTABLE = ["selectivity", "frac", "frac_in", "frac_out", "shift_abs", "shift_rel", "layer", "index"]
+LEGEND = ("Token colours: red = positive activation, blue = negative; the stronger the colour, the larger |activation| "
+          "relative to the largest on that example (dense and pruned on one scale). Hover a token for its value.")
 
 
 def token_html(tokens: list[str], acts: list[float], scale: float) -> str:
@@ -23,18 +27,23 @@ def token_html(tokens: list[str], acts: list[float], scale: float) -> str:
 
 
 def neuron_view(run_id: str, layer: int, index: int) -> None:
-    detail = results.neuron_detail(run_id, layer, index)
-    row = detail["row"]
     if st.button("← back to the neuron table", key="back"):
         ui.set_params(neuron=None)
         st.rerun()
+    try:
+        detail = results.neuron_detail(run_id, layer, index)
+    except NSAError as err:  # a hand-edited or stale link: say what exists, and the button above leads back
+        st.error(str(err))
+        return
+    row = detail["row"]
     st.header(f"Neuron {index} of layer {layer}")
     c = st.columns(4)
-    c[0].metric("pruned fraction (in)", f"{row['frac_in']:.1%}")
-    c[1].metric("pruned fraction (out)", f"{row['frac_out']:.1%}")
-    c[2].metric("NSA label", row.get("label") or "—")
+    c[0].metric("pruned fraction (in)", f"{row['frac_in']:.1%}", help=results.NEURON_HELP["frac_in"])
+    c[1].metric("pruned fraction (out)", f"{row['frac_out']:.1%}", help=results.NEURON_HELP["frac_out"])
+    c[2].metric("NSA label", row.get("label") or "—", help=row.get("label") or None)
     shift = row.get("shift_abs")
-    c[3].metric("activation shift on its words", "—" if shift != shift or shift is None else f"{shift:+.3f}")
+    c[3].metric("activation shift on its words", "—" if shift is None or shift != shift else f"{shift:+.3f}",
+                help=results.NEURON_HELP["shift_abs"])
     if detail["masks"]:
         ui.chart(figures.mask_pattern(detail["masks"]), f"mask-L{layer}-{index}")
     label = detail["label"]
@@ -42,25 +51,27 @@ def neuron_view(run_id: str, layer: int, index: int) -> None:
         st.subheader("NSA words and scores")
         words = list(label.get("words") or [])
         cols = {"word": words}
-        for k in ("mean_activation", "summed_activation"):
+        for k in ("selectivity", "q_value", "mean_activation", "summed_activation", "occurrences"):
             v = label.get(k)
             if v is not None and len(v) == len(words):
-                cols[k] = list(v)
-        import pandas as pd
-
-        ui.table(pd.DataFrame(cols), f"words-L{layer}-{index}")
-        st.caption(f"cluster {label.get('cluster')}, selectivity {label.get('selectivity')}, "
-                   f"q-value {label.get('q_value')}")
+                cols[k] = [float(x) for x in v]
+        ui.table(pd.DataFrame(cols), f"words-L{layer}-{index}",
+                 help={"selectivity": "σ above the neuron's mean over all text tokens",
+                       "q_value": "Benjamini-Hochberg adjusted p-value of the permutation test"})
+        st.caption(f"cluster {label.get('cluster')}")
     else:
         st.info("NSA labelled no words for this neuron (or the run has no NSA tables).")
     if detail["shift"]:
         s = detail["shift"]
         st.caption(f"dense mean {s.get('dense_mean'):.3f} → pruned mean {s.get('pruned_mean'):.3f}; "
-                   f"pruned model's words: {', '.join(map(str, s.get('pruned_words') or []))}")
+                   f"pruned model's words: {', '.join(map(str, s.get('pruned_words') or [])) or 'none significant'}")
     examples = detail["examples"]
     st.subheader("Top-activating examples")
     if not examples:
-        st.info("No top examples recorded for this neuron (top examples are kept for labelled neurons).")
+        st.info("No top examples are stored for this neuron: they are kept for labelled neurons (up to the 5000 "
+                "most selective).")
+        return
+    st.caption(LEGEND)
     for ex in examples:
         dense = ex.get("activations") or []
         pruned = ex.get("pruned_activations")
@@ -79,7 +90,12 @@ def neuron_view(run_id: str, layer: int, index: int) -> None:
 
 def table_view(run_id: str) -> None:
     matrix = results.sparsity_matrix(run_id)
-    ui.chart(figures.sparsity_heatmap(matrix), "sparsity-heatmap")
+    values = matrix.to_numpy().ravel()
+    if len(values) and values.max() - values.min() < 0.01:  # one flat colour says nothing: say it in words
+        st.caption(f"Every pruned module has {values.mean():.1%} of its weights pruned (a uniform sparsity): the "
+                   "differences are between neurons, shown below.")
+    else:
+        ui.chart(figures.sparsity_heatmap(matrix), "sparsity-heatmap")
     ui.chart(figures.fraction_distribution(results.fraction_histogram(run_id)), "fraction-distribution")
 
     st.subheader("Neurons")
@@ -87,26 +103,27 @@ def table_view(run_id: str) -> None:
     layers = sorted(df["layer"].unique().tolist())
     f = st.columns([1, 1, 1, 2, 1, 1])
     layer_opts = ["all"] + [str(x) for x in layers]
-    current_layer = ui.param("layer", "all")
+    current_layer = ui.param("layer", "all", valid=lambda v: v in layer_opts)
     layer = f[0].selectbox("Layer", layer_opts, key="flt-layer",
                            index=layer_opts.index(current_layer) if current_layer in layer_opts else 0)
     labelled = f[1].checkbox("Labelled only", key="flt-labelled", value=ui.param("labelled", "0") == "1")
-    min_frac = f[2].number_input("Min pruned fraction", 0.0, 1.0, ui.param("min", 0.0, float), 0.05, key="flt-min")
+    min_frac = f[2].number_input("Min pruned fraction", 0.0, 1.0,
+                                 ui.param("min", 0.0, float, valid=lambda v: 0.0 <= v <= 1.0), 0.05, key="flt-min")
     text = f[3].text_input("Label contains", ui.param("q", ""), key="flt-q")
+    default_sort = "selectivity" if (df["label"] != "").any() else "frac"  # labelled neurons first when any
     sort = f[4].selectbox("Sort by", SORTABLE, key="flt-sort",
-                          index=SORTABLE.index(ui.param("sort", "frac")) if ui.param("sort", "frac") in SORTABLE
-                          else 0)
+                          index=SORTABLE.index(ui.param("sort", default_sort, valid=lambda v: v in SORTABLE)))
     desc = f[5].checkbox("Descending", value=ui.param("desc", "1") == "1", key="flt-desc")
     shown = results.filter_neurons(df, None if layer == "all" else int(layer), labelled, min_frac, text)
     size = st.session_state.get("page-size", 50)
     n_pages = max(1, -(-len(shown) // size))
     page = int(st.number_input(f"Page (of {n_pages}, {len(shown)} neurons)", 1, n_pages,
-                               min(ui.param("p", 1, int), n_pages), key="flt-page")) - 1
+                               ui.param("p", 1, int, valid=lambda v: 1 <= v <= n_pages), key="flt-page")) - 1
     rows, _ = results.page_of(shown, sort, desc, page, size)
     ui.set_params(layer=None if layer == "all" else layer, labelled="1" if labelled else None,
                   min=min_frac or None, q=text or None, sort=sort, desc="1" if desc else "0", p=page + 1)
-    event = ui.table(rows, f"neurons-{run_id}-p{page + 1}", on_select="rerun", selection_mode="single-row",
-                     key="neuron-table")
+    event = ui.table(rows, f"neurons-{run_id}-p{page + 1}", help=results.NEURON_HELP, on_select="rerun",
+                     selection_mode="single-row", key="neuron-table")
     st.selectbox("Rows per page", ui.PAGE_SIZES, key="page-size", index=1)
     picked = getattr(getattr(event, "selection", None), "rows", None) or []
     if picked:
@@ -127,8 +144,8 @@ def body() -> None:
     run_id = ui.pick_run()
     if run_id is None:
         return
-    neuron = ui.param("neuron", None, int)
-    layer = ui.param("layer", None, int)
+    neuron = ui.param("neuron", None, int, valid=lambda v: v >= 0)
+    layer = ui.param("layer", None, int, valid=lambda v: v >= 0)
     if neuron is not None and layer is not None:
         neuron_view(run_id, layer, neuron)
     else:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from nsa.artifacts import Entry
 from nsa.atomic import write_json
-from nsa.jobs.submit import Submission, submit
+from nsa.jobs.submit import Submission
 from nsa_app import figures, results, ui
 
 
@@ -21,18 +21,20 @@ def rerun_with_words(run_id: str, edited: pd.DataFrame) -> Submission:
     entry.ensure(lambda tmp: write_json(tmp / "words.json", rows))
     spec = dict(results.spec(run_id))
     spec["nsa"] = {**(spec.get("nsa") or {}), "words": str(entry.path("words.json"))}
-    return submit(spec)
+    return ui.submit_checked(spec)
 
 
 def body() -> None:
     st.title("Semantics (NSA)")
     run_id = ui.pick_run()
-    if run_id is None:
+    if run_id is None or not ui.has_nsa(run_id):
         return
     summary = results.nsa_summary(run_id)
-    st.caption(f"task {summary.get('task')} · {summary.get('n_examples')} examples · "
-               f"{(summary.get('neurons') or {}).get('labelled')} of {(summary.get('neurons') or {}).get('examined')}"
-               f" neurons labelled")
+    neurons = summary.get("neurons") or {}
+    st.caption(f"task {summary.get('task')} · {summary.get('n_examples')} examples (the evaluation's example set) · "
+               f"{neurons.get('labelled')} of {neurons.get('examined')} neurons labelled · "
+               + ", ".join(f"{c}: {v.get('labelled')}" for c, v in (neurons.get("per_cluster") or {}).items()))
+    ui.chance_banner(summary)
 
     st.subheader("Influential words per class")
     words = results.words(run_id)
@@ -42,7 +44,8 @@ def body() -> None:
                        key="csv-words", on_click="ignore")
     if st.button("Re-run NSA with these words", key="rerun-words"):
         sub = rerun_with_words(run_id, edited)
-        st.success(f"{sub.message}; follow it on the Run page")
+        st.success(sub.message)
+        st.page_link("pages/run.py", label="Follow it on the Run page")
 
     st.subheader("Neuron–word matrix (top neurons)")
     matrix = results.neuron_word_matrix(run_id)
@@ -57,38 +60,30 @@ def body() -> None:
         st.info("This run has no cluster table (NSA without masks).")
     else:
         ui.chart(figures.cluster_loss(cl), "cluster-loss")
-        ui.table(cl, f"clusters-{run_id}")
+        ui.table(cl, f"clusters-{run_id}", help=results.CLUSTER_HELP)
 
     st.subheader("Validation: ablating labelled vs random neurons")
     val = results.validation(run_id)
     if val.empty:
-        st.info("No validation recorded for this run.")
+        st.info("No validation recorded for this run (NSA ran without it, or nothing was labelled).")
         return
-    has_margin = val["labelled_margin_drop"].notna().any()
-    cols = st.columns(2) if has_margin else [st.container()]
+    cols = st.columns(2)
     with cols[0]:
+        ui.chart(figures.validation_margin_bars(val), "validation-margin")
+    with cols[1]:
         ui.chart(figures.validation_bars(val), "validation")
-    if has_margin:
-        with cols[1]:
-            ui.chart(figures.validation_margin_bars(val), "validation-margin")
-        st.caption("Accuracy saturates on a confident model, so the gold margin (log p(gold) − max log p(other), "
-                   "nats, over the cluster's own class) is shown too.")
+    detail = summary.get("validation_detail") or {}
+    st.caption(f"Primary measure: the gold margin (log p(gold) − max log p(other), nats) over the cluster's own "
+               f"class; accuracy beside it. Test: {detail.get('test', 'permutation test against random neurons')}, "
+               f"{detail.get('draws', '?')} random draws.")
     for r in val.itertuples(index=False):
-        if r.beats_random is None:
-            st.info(f"{r.cluster}: no labelled neuron, nothing to validate")
-        elif r.beats_random:
-            st.success(f"{r.cluster}: ablating its {r.n_neurons} labelled neurons drops accuracy "
-                       f"{r.labelled_drop:.1f} points vs {r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} "
-                       f"for random neurons")
+        if r.validated is None:
+            st.info(f"{r.cluster}: {r.verdict or 'no labelled neuron, nothing to validate'}")
+        elif r.validated:
+            st.success(r.verdict)
         else:
-            margin = ""
-            if r.beats_random_margin:
-                margin = (f" — but it does cost more confidence than random ({r.labelled_margin_drop:.2f} vs "
-                          f"{r.random_margin_drop_mean:.2f} ± {r.random_margin_drop_std or 0:.2f} nats)")
-            st.warning(f"{r.cluster}: the label set does NOT beat random ablation in accuracy "
-                       f"({r.labelled_drop:.1f} vs {r.random_drop_mean:.1f} ± {r.random_drop_std or 0:.1f} points)"
-                       f"{margin}" + ("" if margin else ": treat these labels as unvalidated"))
-    ui.table(val, f"validation-{run_id}")
+            st.warning(r.verdict + ": treat these labels as unvalidated")
+    ui.table(val.drop(columns=["verdict"]), f"validation-{run_id}", help=results.VALIDATION_HELP)
 
 
 ui.guarded(body)

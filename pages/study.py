@@ -76,62 +76,78 @@ def launch(plan: runner.StudyPlan) -> None:
         runner.submit(plan)
 
 
+PAPER = ("Ding et al. (2025), \"Neuron Semantic Attribution\" (arXiv:2503.01542): pruning hurts sentiment "
+         "classification more than other tasks, and the calibration set changes how much")
+
+
 @st.fragment(run_every=3)
-def watch(name: str) -> None:
-    """Live progress of the study's runs in the shared queue (polled)."""
+def live(name: str) -> None:
+    """Progress, time elapsed and left, and the results so far: re-read every few seconds, so the curves fill in
+    as runs finish (no reload)."""
     try:
         plan = runner.plan(library.find_study(name), yes=True)
         state = runner.progress(plan)
     except NSAError as err:
         st.error(str(err))
         return
-    st.progress(state.fraction, text=f"{state.summary()}" + (f" — {state.current}" if state.current else ""))
+    st.write(runner.plan_summary(plan))
+    timing = runner.timing(plan)
+    eta = f" · elapsed {_duration(timing['elapsed_s'])}" if timing["elapsed_s"] else ""
+    if state.active and timing["left_s"] is not None:
+        eta += f" · about {_duration(timing['left_s'])} left ({timing['per_run_s']:.0f} s per run so far)"
+    st.progress(state.fraction, text=f"{state.summary()}{eta}" + (f" — {state.current}" if state.current else ""))
     for message in state.failures.values():
         st.warning(f"failed: {message}")
     if state.active and st.button("Stop the study", key="stop-study"):
         st.info(f"cancelled {runner.stop(plan)} runs; press Run to resume (finished runs are reused)")
+    show_results(name, plan)
 
 
-def show_results(name: str) -> None:
-    try:
-        plan = runner.plan(library.find_study(name), yes=True)
-        view = report.study_report(plan)
-    except NSAError as err:
-        st.error(str(err))
-        return
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def show_results(name: str, plan) -> None:
+    view = report.study_report(plan)
     if view.table.empty:
-        st.info("No finished run yet: the table and plots appear as runs finish.")
+        st.info("No finished run yet: the table and plots appear here as runs finish.")
         return
     st.subheader("Accuracy vs sparsity")
     tasks = view.tasks
-    task = st.selectbox("Task", tasks, index=tasks.index(view.default_task) if view.default_task in tasks else 0)
+    task = st.selectbox("Task", tasks, index=tasks.index(view.default_task) if view.default_task in tasks else 0,
+                        key="study-task")
     ui.chart(view.accuracy_figure(task), f"{name}-accuracy")
     if not view.breakpoints.empty:
         st.caption("Sharp dropping point: two-segment piecewise-linear fit of accuracy vs sparsity; the interval is "
                    "a Student-t 95% interval over seeds.")
         ui.table(view.breakpoints, f"{name}-breakpoints")
-    st.subheader("Drop per task group")
+    st.subheader("The paper's findings on this study")
+    st.caption(PAPER + ". Each verdict below is computed from this study's runs; a finding that does not hold here "
+               "says so.")
+    st.markdown("**Is the sentiment drop larger than the other tasks' drop?**")
     ui.chart(view.group_figure(), f"{name}-groups")
-    _finding(view.group_effect, "Sentiment vs the other tasks (drop difference, paired per run)")
-    st.subheader("Calibration set × method")
+    _finding(view.group_effect, "sentiment vs others")
+    st.markdown("**Does the calibration set change the drop?**")
     ui.chart(view.heatmap(), f"{name}-calibration")
-    _finding(view.calibration_effect, "Calibration set effect (drop of source A − source B, paired)")
+    _finding(view.calibration_effect, "calibration")
     st.subheader("Results table")
     ui.table(view.table, f"{name}-results")
 
 
-def _finding(frame, title: str) -> None:
-    st.markdown(f"**{title}**")
+def _finding(frame, key: str) -> None:
     if frame.empty:
         st.info(f"Not available: {frame.attrs.get('note', 'no data')}")
-    else:
-        st.dataframe(frame, hide_index=True)
+        return
+    for verdict in frame["verdict"]:
+        st.markdown(f"- {verdict}")
+    ui.table(frame.drop(columns=["verdict"]), f"finding-{key}")
 
 
 def main() -> None:
     st.title("Study")
     st.caption("A grid of runs — methods × calibration sets × sparsities × seeds — through the same queue as the "
-               "Run page, with the accuracy curves, the sharp dropping point and the paper's two findings.")
+               "Run page, with the accuracy curves, the sharp dropping point and the two findings of " + PAPER + ".")
     studies = list(library.list_studies())
     current = st.query_params.get("study")
     choices = studies + ["➕ define a new study"]
@@ -158,15 +174,14 @@ def main() -> None:
     except NSAError as err:
         st.error(str(err))
         return
-    st.write(runner.plan_summary(plan))
     if plan.to_run:
         if st.button("Run the missing runs" if plan.finished else "Run", type="primary", key="run-study"):
             try:
                 launch(plan)
+                st.caption("Queued: progress and results update below as runs finish.")
             except NSAError as err:
                 st.error(str(err))
-    watch(choice)
-    show_results(choice)
+    live(choice)
 
 
 ui.guarded(main)

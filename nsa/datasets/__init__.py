@@ -23,7 +23,13 @@ Every row also gets `"index"`: its 0-based position in the split, which evaluati
 from __future__ import annotations
 
 from nsa.datasets.custom import register_custom_task, unregister_task
-from nsa.datasets.loading import check_limit, data_file, load_examples, local_file, read_file
+from nsa.datasets.loading import (
+                                  check_limit,
+                                  data_file,
+                                  load_examples,
+                                  local_file,
+                                  read_file,
+)
 from nsa.datasets.prompts import (
                                   PRESETS,
                                   PromptConfig,
@@ -35,8 +41,21 @@ from nsa.datasets.prompts import (
                                   prompted,
                                   requests_for,
 )
-from nsa.datasets.registry import CALIBRATION_FILES, dataset_meta, get_task, harness_task_names, list_tasks, task_info
-from nsa.datasets.spec import GROUPS, KINDS, SENTIMENT_LABELS, SENTIMENT_PROMPT, TaskSpec
+from nsa.datasets.registry import (
+                                  CALIBRATION_FILES,
+                                  dataset_meta,
+                                  get_task,
+                                  harness_task_names,
+                                  list_tasks,
+                                  task_info,
+)
+from nsa.datasets.spec import (
+                                  GROUPS,
+                                  KINDS,
+                                  SENTIMENT_LABELS,
+                                  SENTIMENT_PROMPT,
+                                  TaskSpec,
+)
 
 __all__ = [
     "CALIBRATION_FILES", "GROUPS", "KINDS", "PRESETS", "SENTIMENT_LABELS", "SENTIMENT_PROMPT", "PromptConfig",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nsa.artifacts import Entry, read_json
+from nsa.atomic import write_json
 from nsa.errors import NSAError
 from nsa.paths import cache_dir
 
@@ -109,6 +110,33 @@ def list_runs(verify: bool = False) -> list[RunInfo]:
     return sorted(out, key=lambda r: r.created, reverse=True)
 
 
+def tags_file() -> Path:
+    return cache_dir() / "run_tags.json"
+
+
+def tags() -> dict[str, str]:
+    """{run id: the user's tag} (a name given in the app or with `nsa runs --tag`)."""
+    try:
+        data = read_json(tags_file())
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def set_tag(run_id: str, tag: str) -> None:
+    """Name a run (an empty tag removes it); tags are up to 60 printable characters."""
+    check_run_id(run_id)
+    tag = " ".join(str(tag).split())
+    if len(tag) > 60 or not tag.isprintable():
+        raise NSAError(f"a tag is up to 60 printable characters, got {len(tag)}")
+    current = tags()
+    if tag:
+        current[run_id] = tag
+    else:
+        current.pop(run_id, None)
+    write_json(tags_file(), current)
+
+
 def delete_run(run_id: str) -> None:
     """Remove a run folder (and any half-built temporary folder of it)."""
     entry = run_entry(run_id)
@@ -116,6 +144,8 @@ def delete_run(run_id: str) -> None:
         raise NSAError(f"no run {run_id!r} under {runs_dir()} (list them with `python -m nsa runs`)")
     shutil.rmtree(entry.folder)
     entry.clean_partial()
+    if run_id in tags():
+        set_tag(run_id, "")
 
 
 def clean_partial(run_id: str) -> int:

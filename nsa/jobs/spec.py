@@ -100,6 +100,21 @@ class JobSpec:
             out[self.nsa.task] = self.nsa.limit
         return out
 
+    def local_paths(self) -> list[tuple[str, Path]]:
+        """(field, path) of every local file or folder the spec names: what the app's allowed-folders check sees."""
+        out = []
+        if self.model != "demo" and Path(self.model).is_absolute():
+            out.append(("model", Path(self.model)))
+        if self.calibration is not None and self.calibration.path:
+            out.append(("calibration.path", Path(self.calibration.path)))
+        if self.nsa is not None and self.nsa.words not in ("learned", "gradient"):
+            out.append(("nsa.words", Path(self.nsa.words)))
+        for task in self.eval_sets():
+            spec = D.get_task(task)
+            if spec.group == "custom" and spec.path:
+                out.append((f"task {task}", Path(spec.path)))
+        return out
+
     @classmethod
     def stored(cls, data: dict) -> "JobSpec":
         """A spec this project wrote itself (store row, spec.json): rebuilt without re-checking files or tasks."""

@@ -91,10 +91,11 @@ def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> 
 
     The worker is a detached `python -m nsa worker` (its output goes to `cache_dir()/logs/worker.log`) that
     exits after `idle_exit_s` seconds with an empty queue. The app and `nsa study` call this after submitting.
+    With NSA_NO_WORKER=1 jobs are only queued (for a machine whose worker runs elsewhere, and for tests).
     """
     store = store or JobStore()
     recover(store)
-    if store.count("queued") == 0:
+    if store.count("queued") == 0 or os.environ.get("NSA_NO_WORKER") == "1":  # NSA_NO_WORKER: queue only
         return None
     with _exclusive(cache_dir() / "worker.spawn.lock"):  # many submits at once start one worker
         if worker_running() or _recently_spawned():

@@ -1,4 +1,5 @@
-"""The paper's two findings, as numbers from a study's results table.
+"""The paper's two findings (Ding et al. 2025, "Neuron Semantic Attribution", arXiv:2503.01542), as numbers from a
+study's results table, each with a verdict sentence that says plainly whether it holds here.
 
 1. "The calibration set matters": for each method and pair of calibration sources, the difference of the
    accuracy drop (source A − source B) over cells that match on everything else (sparsity, seed, task, ...),
@@ -6,8 +7,8 @@
 2. "Sentiment suffers most": for each method, per run the mean drop on sentiment tasks minus the mean drop on
    the other tasks (same pruned model, so paired), mean with a Student-t 95% interval over runs.
 
-Both return a DataFrame; an empty one when the study lacks the contrast (one calibration source; no
-non-sentiment task), with the reason in `DataFrame.attrs["note"]`.
+Both return a DataFrame (with a `verdict` column); an empty one when the study lacks the contrast (one calibration
+source; no non-sentiment task), with the reason in `DataFrame.attrs["note"]`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from nsa.study.results import GRID_COLUMNS
 
 def calibration_effect(table: pd.DataFrame) -> pd.DataFrame:
     """Drop(source A) − drop(source B) per method, paired over the other grid coordinates and tasks."""
-    cols = ["method", "source_a", "source_b", "mean_diff", "ci_low", "ci_high", "n_cells", "drop_a", "drop_b"]
+    cols = ["method", "source_a", "source_b", "mean_diff", "ci_low", "ci_high", "n_cells", "drop_a", "drop_b",
+            "verdict"]
     sources = sorted(table["source"].dropna().unique()) if not table.empty else []
     if len(sources) < 2:
         return _empty(cols, "the study has fewer than two calibration sources")
@@ -37,15 +39,20 @@ def calibration_effect(table: pd.DataFrame) -> pd.DataFrame:
             pair = wide[[a, b]].dropna()
             diff = (pair[a] - pair[b]).to_numpy()
             lo, hi = t_interval(diff)
-            rows.append({"method": method, "source_a": a, "source_b": b, "mean_diff": float(diff.mean()) if diff.size
-                         else math.nan, "ci_low": lo, "ci_high": hi, "n_cells": int(diff.size),
-                         "drop_a": float(pair[a].mean()), "drop_b": float(pair[b].mean())})
+            mean = float(diff.mean()) if diff.size else math.nan
+            rows.append({"method": method, "source_a": a, "source_b": b, "mean_diff": mean, "ci_low": lo,
+                         "ci_high": hi, "n_cells": int(diff.size), "drop_a": float(pair[a].mean()),
+                         "drop_b": float(pair[b].mean()),
+                         "verdict": _sentence(f"{method}: calibrating on {a} rather than {b}", mean, lo, hi,
+                                              int(diff.size), "paired cells", "the calibration set matters here",
+                                              "no difference is detectable here")})
     return pd.DataFrame(rows, columns=cols)
 
 
 def group_effect(table: pd.DataFrame, focus: str = "sentiment") -> pd.DataFrame:
     """Per method: mean over runs of (mean drop on `focus` tasks − mean drop on the other tasks)."""
-    cols = ["method", "mean_diff", "ci_low", "ci_high", "n_runs", f"drop_{focus}", "drop_others", "other_groups"]
+    cols = ["method", "mean_diff", "ci_low", "ci_high", "n_runs", f"drop_{focus}", "drop_others", "other_groups",
+            "verdict"]
     if table.empty or not (table["group"] == focus).any():
         return _empty(cols, f"the study has no {focus} task")
     if not (table["group"] != focus).any():
@@ -60,8 +67,24 @@ def group_effect(table: pd.DataFrame, focus: str = "sentiment") -> pd.DataFrame:
         lo, hi = t_interval(diff)
         rows.append({"method": method, "mean_diff": float(diff.mean()), "ci_low": lo, "ci_high": hi,
                      "n_runs": int(diff.size), f"drop_{focus}": float(part[True].mean()),
-                     "drop_others": float(part[False].mean()), "other_groups": others})
+                     "drop_others": float(part[False].mean()), "other_groups": others,
+                     "verdict": _sentence(f"{method}: {focus} tasks compared with {others}", float(diff.mean()), lo,
+                                          hi, int(diff.size), "runs", f"{focus} suffers more: the finding holds",
+                                          "the finding does not hold here", positive_only=True)})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _sentence(what: str, mean: float, lo: float, hi: float, n: int, unit: str, holds: str, fails: str,
+              positive_only: bool = False) -> str:
+    """"<what> change(s) the drop by +2.3 points [0.4, 4.2] (12 paired cells): <holds>", plainly either way."""
+    if n < 2 or lo != lo:
+        return f"{what}: {n} {unit}, too few for an interval"
+    shown = f"{what}: the drop differs by {mean:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}] over {n} {unit}"
+    if lo > 0 or (hi < 0 and not positive_only):
+        return f"{shown}: {holds}"
+    if hi < 0:
+        return f"{shown}: the opposite of the finding"
+    return f"{shown}: the interval includes 0, {fails}"
 
 
 def t_interval(values: np.ndarray) -> tuple[float, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 from nsa.errors import NSAError
@@ -157,6 +158,21 @@ def progress(p: StudyPlan, store=None) -> StudyProgress:
         else:
             state.missing += 1
     return state
+
+
+def timing(p: StudyPlan, store=None) -> dict:
+    """Elapsed seconds since the study's first job started, seconds per finished run (from the store's start and
+    finish times) and the estimated seconds left for the runs still to finish (None until one has finished)."""
+    store = store or _store()
+    jobs = [j for j in (_get(store, r.run_id) for r in p.runs) if j is not None]
+    started = [j.started for j in jobs if j.started]
+    done = [j.finished - j.started for j in jobs if j.status == "done" and j.started and j.finished]
+    per_run = sum(done) / len(done) if done else None
+    left = len([r for r in p.runs if r.run_id not in p.finished])
+    running = [j for j in jobs if j.status == "running"]
+    progress = sum(float(j.progress or 0.0) for j in running)
+    return {"elapsed_s": time.time() - min(started) if started else 0.0, "per_run_s": per_run,
+            "left_s": None if per_run is None else max(0.0, (left - progress) * per_run)}
 
 
 def stop(p: StudyPlan, store=None) -> int:

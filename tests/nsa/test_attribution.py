@@ -116,7 +116,10 @@ def test_step3_tables_agree_with_the_records(run):
     assert all(by_index[f["index"]]["correct"] == (f["direction"] == "lost") for f in flips)
     assert "accuracy" not in summary  # accuracy figures come from the evaluation's comparison alone
     clusters = _read(out / "clusters.jsonl")
-    for c in (r for r in clusters if r["level"] == "cluster"):
+    labels = _read(out / "neuron_labels.jsonl")
+    for c in (r for r in clusters if r["level"] == "cluster"):  # each labelled neuron counted once
+        assert c["n_neurons"] == summary["neurons"]["per_cluster"].get(c["name"], {}).get("labelled", 0)
+        assert c["n_neurons"] == sum(lab["cluster"] == c["name"] for lab in labels)
         words = [r for r in clusters if r["level"] == "word" and r["cluster"] == c["name"]]
         assert c["activation_lost"] == pytest.approx(sum(w["activation_lost"] for w in words))
 

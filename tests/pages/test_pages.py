@@ -2,9 +2,6 @@
 against the run's artifacts."""
 from __future__ import annotations
 
-import base64
-import json
-
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -17,39 +14,7 @@ from nsa_app import results
 from nsa_app.results import run_folder
 from pruners.registry import get_method
 from tests.conftest import ROOT, small_spec
-
-TIMEOUT = 60
-
-
-def page(path: str, **params) -> AppTest:
-    """Render one page through app.py's st.navigation (so page links resolve) with URL parameters."""
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    for k, v in params.items():
-        at.query_params[k] = str(v)
-    at.switch_page(path)
-    return at.run()
-
-
-def spec_of(at: AppTest, i: int = 0) -> dict:
-    return json.loads(at.get("plotly_chart")[i].proto.spec)
-
-
-def values(v) -> np.ndarray:
-    """A plotly spec array: a plain list, or plotly's typed-array encoding {bdata, dtype, shape}."""
-    if isinstance(v, dict) and "bdata" in v:
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
-        return a.reshape([int(x) for x in str(v.get("shape", len(a))).split(",")]) if "shape" in v else a
-    return np.asarray(v, dtype=float)
-
-
-def qp(at: AppTest, key: str) -> str | None:
-    value = at.query_params.get(key)
-    return value[0] if isinstance(value, list) else value
-
-
-def no_errors(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+from tests.pages.helpers import TIMEOUT, no_errors, page, qp, spec_of, values
 
 
 def test_neurons_page_heatmap_and_table(run_ids, cache_env):
@@ -178,7 +143,8 @@ def test_queue_shows_and_cancels_a_job(cache_env, stories_dir):
     at = page("pages/run.py")
     no_errors(at)
     queue = at.dataframe[0].value
-    assert queue.loc[queue["id"] == job_id, "status"].item() == "queued"
+    assert queue.loc[queue["run"] == job_id[:8], "status"].item() == "queued"
+    assert "wanda 30% · wikitext2 4×64 seed 0 · stories260K" in queue.loc[queue["run"] == job_id[:8], "what"].item()
     at.button(key=f"cancel-{job_id}").click().run()
     assert JobStore().get(job_id).status == "cancelled"
 
@@ -243,13 +209,14 @@ def test_launching_a_spec_that_already_ran_opens_its_results(run_ids, cache_env,
     no_errors(at)
     at.radio(key="model-kind").set_value("local folder").run()
     at.text_input(key="model-path").input(str(stories_dir)).run()
-    at.selectbox(key="calib-source").set_value("wikitext2").run()
+    at.selectbox(key="calib-source-real").set_value("wikitext2").run()
     at.number_input(key="calib-n").set_value(4)
     at.number_input(key="calib-seqlen").set_value(64)
-    at.multiselect(key="tasks").set_value(["sst2"])
-    at.number_input(key="eval-limit").set_value(24)
-    at.selectbox(key="nsa-task").set_value("sst2")
-    at.number_input(key="nsa-limit").set_value(24).run()
+    at.multiselect(key="tasks-real").set_value(["sst2"])
+    at.number_input(key="eval-limit-real").set_value(24)
+    at.selectbox(key="prompt-template-real").set_value("reference")
+    at.selectbox(key="nsa-task-real").set_value("sst2")
+    at.checkbox(key="opt-nsa-label_at_chance").check().run()
     no_errors(at)
     at.button(key="launch").click().run()
     no_errors(at)
