@@ -622,8 +622,10 @@ def eval_flips(run_id: str, task: str) -> pd.DataFrame:
 
 
 def flips(run_id: str) -> pd.DataFrame:
+    """NSA's flipped examples (from the evaluation's records of its task); an empty table when none flipped."""
     df = read_table(run_id, "nsa/flips.jsonl", required=False)
-    return df if df is not None else pd.DataFrame(columns=["index", "direction", "text", "words", "neurons"])
+    columns = ["index", "direction", "text", "words", "neurons"]
+    return df if df is not None and "direction" in df else pd.DataFrame(columns=columns)
 
 
 def eval_comparison(run_id: str) -> dict | None:

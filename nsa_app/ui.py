@@ -157,9 +157,14 @@ def readable(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     for col in out.columns:
         if pd.api.types.is_float_dtype(out[col]):
             out[col] = out[col].map(lambda v: v if v != v else float(f"{v:.{digits}g}"))
-        elif out[col].dtype == object:
+        elif _texty(out[col]):
             out[col] = out[col].map(_cell)
     return out
+
+
+def _texty(column: pd.Series) -> bool:
+    """Object or string columns (pandas 3 gives text its own dtype)."""
+    return column.dtype == object or pd.api.types.is_string_dtype(column)
 
 
 def _cell(value: Any) -> Any:
@@ -178,7 +183,7 @@ def safe_csv(df: pd.DataFrame) -> str:
     """CSV text in which a text cell starting like a spreadsheet formula is prefixed with ' (numbers untouched)."""
     out = df.copy()
     for col in out.columns:
-        if out[col].dtype == object:
+        if _texty(out[col]):
             out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
     return out.to_csv(index=False)
 

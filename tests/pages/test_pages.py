@@ -21,19 +21,22 @@ def test_neurons_page_heatmap_and_table(run_ids, cache_env):
     rid = run_ids[0]
     at = page("pages/neurons.py", run=rid)
     no_errors(at)
-    heat = spec_of(at, 0)["data"][0]
     matrix = results.sparsity_matrix(rid)
-    assert heat["type"] == "heatmap"
-    assert heat["x"] == [str(c) for c in matrix.columns]
-    z = values(heat["z"])
-    assert z.shape == matrix.shape == (5, 7)  # stories260K: 5 layers × q,k,v,o,gate,up,down
-    np.testing.assert_allclose(z, matrix.to_numpy())
-    assert 0.45 < z.mean() < 0.55  # 50% sparsity
-    dist = spec_of(at, 1)["data"][0]
+    assert matrix.shape == (5, 7)  # stories260K: 5 layers × q,k,v,o,gate,up,down
+    if np.ptp(matrix.to_numpy()) < 0.01:  # uniform sparsity: said in words instead of a one-colour heatmap
+        assert any("a uniform sparsity" in c.value for c in at.caption)
+        first = 0
+    else:
+        heat = spec_of(at, 0)["data"][0]
+        assert heat["type"] == "heatmap" and heat["x"] == [str(c) for c in matrix.columns]
+        np.testing.assert_allclose(values(heat["z"]), matrix.to_numpy())
+        first = 1
+    assert 0.45 < matrix.to_numpy().mean() < 0.55  # 50% sparsity
+    dist = spec_of(at, first)["data"][0]
     assert values(dist["z"]).sum() == len(results.neurons(rid))
     table = at.dataframe[0].value
     assert len(table) == min(50, len(results.neurons(rid)))
-    assert table["frac"].is_monotonic_decreasing
+    assert table["selectivity"].is_monotonic_decreasing or table["selectivity"].isna().all()  # labelled first
     assert qp(at, "run") == rid
 
 
@@ -84,15 +87,16 @@ def test_semantics_page(run_ids, cache_env):
     titles = [f["layout"]["title"]["text"] for f in figs]
     val = results.validation(rid)
     if len(val):
-        v = next(f for f in figs if f["layout"]["title"]["text"].startswith("Validation"))
+        v = next(f for f in figs if f["layout"]["title"]["text"] == "Validation: labelled vs random ablation")
         assert list(v["data"][0]["x"]) == val["cluster"].tolist()
         np.testing.assert_allclose(values(v["data"][0]["y"]), val["labelled_drop"].astype(float))
         m = next(f for f in figs if f["layout"]["title"]["text"].startswith("Validation: confidence"))
         np.testing.assert_allclose(values(m["data"][0]["y"]), val["labelled_margin_drop"].astype(float))
     assert titles, "no figure on the semantics page"
     for r in val.itertuples(index=False):  # a label set that does not beat random is shown as such
-        if r.beats_random is False:
-            assert any(f"{r.cluster}: the label set does NOT beat random" in w.value for w in at.warning)
+        if r.validated is False:
+            assert any(w.value.startswith("not validated") and "treat these labels as unvalidated" in w.value
+                       for w in at.warning)
 
 
 def test_accuracy_page(run_ids, cache_env):
@@ -109,7 +113,7 @@ def test_accuracy_page(run_ids, cache_env):
     comparison = results.eval_comparison(rid)["tasks"]
     for _, r in table.iterrows():
         c = comparison[r["task"]]
-        assert r["drop (points)"] == pytest.approx(100 * c["drop"])
+        assert r["drop (points)"] == pytest.approx(100 * c["drop"], rel=1e-3)  # shown to 4 significant digits
         lo, hi = (100 * v for v in c["drop_ci95"])
         assert r["drop 95% CI"] == f"[{lo:.3f}, {hi:.3f}]"
         assert (r["lost"], r["gained"]) == (c["n_lost"], c["n_gained"])
