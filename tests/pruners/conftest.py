@@ -1,8 +1,12 @@
 """Tiny models of every supported family, built from configs (random weights, seeded)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+REFERENCE = Path(__file__).resolve().parent / "reference"  # outputs of the authors' code (see its README)
 
 
 def tiny_model(family: str):
