@@ -9,8 +9,10 @@ What was removed is read from the masks alone (masks stay the common currency, s
 * Llama / Mistral / Qwen2: a key/value group whose q/k/v rows and o_proj columns are all masked, and an MLP
   channel whose gate/up rows and down_proj column are all masked (FLAP) — dropped, with `num_attention_heads`,
   `num_key_value_heads` and `intermediate_size` reduced and `head_dim` written explicitly. A stock config has one
-  count for all layers, so units are dropped only where every kept layer lost the same number; otherwise that
-  part keeps its full shape with zeroed rows/columns (recorded in the returned summary).
+  count for all layers, so units are dropped only where every kept layer lost the same number, and heads only
+  in numbers the class's own config accepts (transformers' `LlamaConfig` requires `hidden_size` divisible by
+  `num_attention_heads` even with an explicit `head_dim`); otherwise that part keeps its full shape with zeroed
+  rows/columns (recorded in the returned summary). FLAP's UL-UM removes only accepted head counts by default.
 
 Biases: FLAP's compensation adds o_proj / down_proj biases. Llama's config switches (`attention_bias`,
 `mlp_bias`) give every projection of the attention / MLP a bias, so the extra ones are zero; Mistral and Qwen2
@@ -82,6 +84,13 @@ def plan_from_masks(model: nn.Module, masks: dict) -> Plan:
         units.append(LayerUnits(groups=_kept(group_gone), channels=_kept(chan_gone)))
     plan = Plan(units)
     kept = [u for u in units if not u.removed]
+    counts = {len(u.groups) for u in kept if u.groups is not None}
+    if shape is not None and len(counts) == 1 and not accepts_heads(model.config, next(iter(counts)), shape):
+        plan.kept_full_shape.append(
+            f"attention heads: {next(iter(counts)) * shape.group} heads are not a head count {type(model.config).__name__} "
+            f"accepts (hidden_size {model.config.hidden_size}), so the full shape is kept with zeroed heads")
+        for u in kept:
+            u.groups = None
     for attr, what in (("groups", "attention heads"), ("channels", "MLP channels")):
         counts = {len(getattr(u, attr)) if getattr(u, attr) is not None else None for u in kept}
         if len(counts) > 1:
@@ -90,6 +99,26 @@ def plan_from_masks(model: nn.Module, masks: dict) -> Plan:
             for u in kept:
                 setattr(u, attr, None)
     return plan
+
+
+def accepts_heads(config, kv_groups: int, shape: AttentionShape) -> bool:
+    """Whether a stock config of this class accepts `kv_groups` key/value heads (× the group size as query heads)
+    with the same head size: its own validation decides (a config that fails it unchanged accepts anything)."""
+    validate = getattr(config, "validate", None)
+    if validate is None:
+        return True
+    try:
+        validate()
+    except Exception:  # noqa: BLE001 — the unchanged config already fails: nothing to learn from it
+        return True
+    trial = copy.deepcopy(config)
+    trial.num_attention_heads, trial.num_key_value_heads, trial.head_dim = \
+        kv_groups * shape.group, kv_groups, shape.head_dim
+    try:
+        trial.validate()
+    except Exception as err:  # noqa: BLE001 — transformers' strict-dataclass errors are not ValueErrors
+        return "head" not in str(err) and "hidden" not in str(err)
+    return True
 
 
 def _kept(gone: torch.Tensor | None) -> list[int] | None:

@@ -17,6 +17,9 @@ down_proj: the removed channels' mean input times their dense weight columns, so
      and floor(s·I) MLP channels with the lowest scores go. The same count in every layer, so the result shrinks
      into a stock model of the same class (`pruners.shrink`). The reference keeps every unit tied with the k-th
      lowest score (`>=`); here exactly k go (lowest index first among ties), so the count is always uniform.
+     With `stock_heads` (default) fewer groups go when the model's config class would not accept the remaining
+     head count (transformers' Llama needs hidden_size divisible by it): the largest accepted count ≤ floor(s·G)
+     (0 always is), recorded in stats.json; `stock_heads` false removes the reference's floor(s·G).
    * AL-AM: per layer, channel scores standardised (unbiased std); a group scores the mean of its standardised
      channels; all groups and channels of all layers are ranked together and the cut is where the cumulative
      parameter weight (a group weighs int(head_dim·(2·group + 2)/3) MLP channels — the reference's 512/3 = 170 for
@@ -43,6 +46,7 @@ from pruners.families import ATTENTION, LLAMA_LIKE, AttentionShape, attention_sh
 from pruners.layerwise import dense_layer_pass
 from pruners.method import Method, ModelContext, PruneResult
 from pruners.options import Option
+from pruners.shrink import accepts_heads
 
 UNIFORM, ADAPTIVE = "UL-UM", "AL-AM"
 NOT_SHRINKABLE = "per-layer counts differ: the full shape is kept with zeroed channels; not shrinkable"
@@ -89,11 +93,19 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def uniform_removal(group_scores: list[torch.Tensor], mlp_scores: list[torch.Tensor], sparsity: float):
-    """UL-UM: per layer, the floor(s·G) lowest groups and floor(s·I) lowest channels (bool masks, True = removed)."""
-    groups = [_lowest(h, int(sparsity * h.numel())) for h in group_scores]
+def uniform_removal(group_scores: list[torch.Tensor], mlp_scores: list[torch.Tensor], sparsity: float,
+                    n_groups: int | None = None):
+    """UL-UM: per layer, the floor(s·G) (or `n_groups`) lowest groups and floor(s·I) lowest channels (bool masks,
+    True = removed)."""
+    groups = [_lowest(h, int(sparsity * h.numel()) if n_groups is None else n_groups) for h in group_scores]
     channels = [_lowest(m, int(m.numel() * sparsity)) for m in mlp_scores]
     return groups, channels
+
+
+def stock_group_count(config, shape: AttentionShape, requested: int) -> int:
+    """The largest number of key/value groups ≤ `requested` whose removal leaves a head count the config class
+    accepts (removing none always is)."""
+    return next(k for k in range(requested, -1, -1) if k == 0 or accepts_heads(config, shape.kv_heads - k, shape))
 
 
 def adaptive_removal(attn_scores: torch.Tensor, mlp_scores: torch.Tensor, sparsity: float, shape: AttentionShape):
@@ -150,9 +162,11 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, ctx: ModelContext) ->
         t0 = time.perf_counter()
         ctx.report(0.9 * (i + 1) / n_layers, f"flap: statistics of layer {i + 1}/{n_layers}")
 
-    threshold = None
+    threshold, requested = None, int(s * shape.kv_heads)
+    n_groups = stock_group_count(model.config, shape, requested) if ctx.options["stock_heads"] else requested
     if structure == UNIFORM:
-        groups, channels = uniform_removal([a.reshape(shape.kv_heads, -1).sum(dim=1) for a in attn], mlp, s)
+        groups, channels = uniform_removal([a.reshape(shape.kv_heads, -1).sum(dim=1) for a in attn], mlp, s,
+                                           n_groups)
     else:
         groups, channels, threshold = adaptive_removal(torch.stack(attn), torch.stack(mlp), s, shape)
     for i in range(n_layers):
@@ -186,6 +200,10 @@ def prune_model(model: nn.Module, calib_ids: torch.Tensor, ctx: ModelContext) ->
     }
     if structure == ADAPTIVE:
         structured |= {"threshold": threshold, "note": NOT_SHRINKABLE}
+    elif n_groups != requested:
+        structured["note"] = (f"{n_groups} of the floor(sparsity·{shape.kv_heads}) = {requested} key/value groups "
+                              f"removed per layer: {type(model.config).__name__} does not accept "
+                              f"{(shape.kv_heads - requested) * shape.group} heads (stock_heads)")
     return PruneResult(masks, {"structured": structured, "layer_sparsity": layer_sparsity, "layer_times_s": times},
                        weights or None)
 
@@ -229,6 +247,11 @@ METHOD = Method(
         Option("structure", str, UNIFORM, choices=(UNIFORM, ADAPTIVE),
                help="UL-UM: the same number of heads/channels removed in every layer (shrinks into a smaller "
                     f"stock model); AL-AM: adaptive across layers — {NOT_SHRINKABLE}"),
+        Option("stock_heads", bool, True,
+               help="UL-UM: remove only as many key/value groups as a stock config of the model's class accepts "
+                    "(transformers' Llama needs hidden_size divisible by the head count), fewer than "
+                    "floor(sparsity·groups) if needed; false = the reference's count (the attention may then "
+                    "keep its full shape when saved)"),
         Option("bias_compensation", bool, True,
                help="set o_proj/down_proj biases to the removed channels' mean contribution (FLAP); Mistral and "
                     "Qwen2 have no such biases, so their smaller model needs false"),

@@ -27,9 +27,11 @@ def stories_calib():
 
 @pytest.mark.parametrize("run", RUNS, ids=lambda r: f"{r['metric']}-{r['structure']}-{r['pruning_ratio']}")
 def test_flap_matches_reference(run, stories_calib):
-    """Removed heads and MLP channels exactly; compensation biases bit for bit (same float32 operations)."""
+    """Removed heads and MLP channels exactly; compensation biases bit for bit (same float32 operations).
+    `stock_heads` false: the reference's head count even where a stock LlamaConfig would refuse it (UL-UM 0.5)."""
     model = AutoModelForCausalLM.from_pretrained(FLAP_REF / "model", dtype=torch.float32).eval()
-    config = PruneConfig("flap", run["pruning_ratio"], options={"metric": run["metric"], "structure": run["structure"]})
+    config = PruneConfig("flap", run["pruning_ratio"], options={"metric": run["metric"], "structure": run["structure"],
+                                                                "stock_heads": False})
     result = prune(model, stories_calib, config)
     ref = load_file(str(FLAP_REF / run["file"]))
     layers = result.stats["structured"]["layers"]
@@ -41,6 +43,25 @@ def test_flap_matches_reference(run, stories_calib):
     assert set(biases) == set(result.weights)
     assert all(torch.equal(result.weights[k], v) for k, v in biases.items())
     assert result.stats["overall_sparsity"] == pytest.approx(run["removed_fraction_of_linear_weights"], abs=1e-6)
+
+
+def test_stock_heads_removes_only_head_counts_the_config_accepts(stories_calib, tmp_path):
+    """Reference model: hidden 20, 5 heads. At UL-UM 0.5 the reference removes 2 heads, but a LlamaConfig with 3
+    heads is invalid (20 % 3): by default 1 head goes (said in stats.json) and the attention really shrinks; with
+    the reference count the saved model keeps its attention shape (zeroed heads, plus the zero q/k/v biases of
+    Llama's attention_bias switch: larger than the dense model here), still loadable and equal."""
+    ids = stories_calib[:2, :32]
+    model = AutoModelForCausalLM.from_pretrained(FLAP_REF / "model", dtype=torch.float32).eval()
+    result = prune(model, stories_calib, PruneConfig("flap", 0.5))
+    info = result.stats["structured"]
+    assert [len(layer["removed_heads"]) for layer in info["layers"]] == [1, 1, 1]
+    assert "1 of the floor(sparsity·5) = 2 key/value groups" in info["note"]
+    loaded, summary = assert_saved_smaller(model, result.masks, tmp_path / "stock", ids)
+    assert loaded.config.num_attention_heads == 4 and summary["kept_full_shape"] == []
+    model = AutoModelForCausalLM.from_pretrained(FLAP_REF / "model", dtype=torch.float32).eval()
+    result = prune(model, stories_calib, PruneConfig("flap", 0.5, options={"stock_heads": False}))
+    loaded, summary = assert_saved_smaller(model, result.masks, tmp_path / "reference", ids, smaller=False)
+    assert loaded.config.num_attention_heads == 5 and "3 heads are not a head count" in summary["kept_full_shape"][0]
 
 
 def test_pruned_model_is_dense_plus_masks_and_weights(stories, stories_calib):
