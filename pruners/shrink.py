@@ -84,13 +84,6 @@ def plan_from_masks(model: nn.Module, masks: dict) -> Plan:
         units.append(LayerUnits(groups=_kept(group_gone), channels=_kept(chan_gone)))
     plan = Plan(units)
     kept = [u for u in units if not u.removed]
-    counts = {len(u.groups) for u in kept if u.groups is not None}
-    if shape is not None and len(counts) == 1 and not accepts_heads(model.config, next(iter(counts)), shape):
-        plan.kept_full_shape.append(
-            f"attention heads: {next(iter(counts)) * shape.group} heads are not a head count {type(model.config).__name__} "
-            f"accepts (hidden_size {model.config.hidden_size}), so the full shape is kept with zeroed heads")
-        for u in kept:
-            u.groups = None
     for attr, what in (("groups", "attention heads"), ("channels", "MLP channels")):
         counts = {len(getattr(u, attr)) if getattr(u, attr) is not None else None for u in kept}
         if len(counts) > 1:
@@ -98,6 +91,17 @@ def plan_from_masks(model: nn.Module, masks: dict) -> Plan:
                                         "full shape is kept with zeroed rows/columns")
             for u in kept:
                 setattr(u, attr, None)
+    groups = kept[0].groups if kept else None
+    if shape is not None and groups is not None and (not groups or not accepts_heads(model.config, len(groups), shape)):
+        plan.kept_full_shape.append(
+            f"attention heads: {len(groups) * shape.group} heads are not a head count {type(model.config).__name__} "
+            f"accepts (hidden_size {model.config.hidden_size}), so the full shape is kept with zeroed heads")
+        for u in kept:
+            u.groups = None
+    if kept and kept[0].channels == []:
+        plan.kept_full_shape.append("MLP channels: every channel is removed, so the full shape is kept (zeroed)")
+        for u in kept:
+            u.channels = None
     return plan
 
 
