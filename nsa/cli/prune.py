@@ -217,7 +217,8 @@ def run_prune(args) -> int:
             saved.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-    print(f"pruned {config.method} {config.pattern} sparsity {result.stats['overall_sparsity']:.4f} "
+    kind = "structured" if structured else config.pattern
+    print(f"pruned {config.method} {kind} sparsity {result.stats['overall_sparsity']:.4f} "
           f"in {result.stats['total_time_s']:.2f}s → {', '.join(str(p) for p in paths.values())}")
     if "saved_model" in result.stats:
         info = result.stats["saved_model"]
