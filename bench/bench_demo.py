@@ -81,7 +81,7 @@ def main() -> int:
                 for s in (seeds[:1] if src == "none" else seeds):
                     m = copy.deepcopy(model)
                     ids = None if src == "none" else calib[(src, s)]
-                    pruners.prune(m, ids, pruners.PruneConfig(method=method, sparsity=sp, seed=s))
+                    pruners.prune(m, ids, pruners.PruneConfig(method=method, sparsity=sp))
                     accs.append(sentiment_accuracy(m, tok, reviews))
                 mean = statistics.mean(accs)
                 std = statistics.pstdev(accs) if len(accs) > 1 else 0.0

@@ -108,7 +108,7 @@ def main() -> None:
         model.load_state_dict(state)
         sync(args.device)
         t0, c0 = time.perf_counter(), time.process_time()
-        result = prune(model, calib, PruneConfig(method=method, options=opts, device=args.device))
+        result = prune(model, calib, PruneConfig(method=method, options=opts), device=args.device)
         sync(args.device)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"{label:<28}{dt:>10.2f}{dt / dense:>11.2f}{peak_rss_mb():>13.0f}{cpu:>10.2f}", flush=True)

@@ -12,6 +12,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from nsa.errors import NSAError
+from pruners.apply import apply_result
+from pruners.errors import PruneError
 
 
 def load_masks(path) -> dict:
@@ -66,19 +68,13 @@ def check_masks(model, masks: dict) -> None:
 
 
 def apply_masks(model, masks: dict, weights: dict | None = None):
-    """Zero every masked entry in place; with `weights` (SparseGPT), copy those pruned weights in first."""
+    """Zero every masked entry in place; with `weights` (SparseGPT's pruned weights, FLAP's compensation
+    biases), copy those in first — a `<Linear>.bias` for a Linear without a bias creates that bias."""
     check_masks(model, masks)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        if weights:
-            for name, w in weights.items():
-                if name not in params:
-                    raise NSAError(f"weights name {name!r}, which is not a parameter of this model")
-                params[name].copy_(w.to(params[name].dtype))
-        for name, m in masks.items():
-            p = params[name]
-            p.masked_fill_(m.to(device=p.device, dtype=torch.bool), 0)
-    return model
+    try:
+        return apply_result(model, masks, weights)
+    except PruneError as err:
+        raise NSAError(str(err)) from None
 
 
 def check_mask_files(masks: str | None, weights: str | None) -> None:

@@ -257,6 +257,19 @@ def sparsity_matrix(run_id: str) -> pd.DataFrame:
     return df.pivot_table(index="layer", columns="module", values="sparsity", aggfunc="mean").sort_index()
 
 
+def layer_plan(run_id: str) -> tuple[str, pd.DataFrame] | None:
+    """(how the sparsity was spread, one row per decoder layer: the sparsity it was pruned to, OWL's outlier ratio
+    in percent) from stats.json; None for runs written before per-layer sparsities were recorded."""
+    stats = read_json(run_id, "stats.json", required=False) or {}
+    if "layer_sparsity" not in stats:
+        return None
+    df = pd.DataFrame({"layer": range(len(stats["layer_sparsity"])), "sparsity": stats["layer_sparsity"]})
+    if "outlier_ratio_percent" in stats:
+        df["outlier_ratio_percent"] = stats["outlier_ratio_percent"]
+    how = stats.get("sparsity_profile") or ("structured: " + stats.get("structured", {}).get("kind", "?"))
+    return how, df
+
+
 def mask_jaccard(run_a: str, run_b: str) -> pd.DataFrame:
     """Per layer and module, |A ∩ B| / |A ∪ B| of the pruned entries of two runs' masks (same model)."""
     run_a, run_b = sorted([run_a, run_b])

@@ -96,6 +96,13 @@ def table_view(run_id: str) -> None:
                    "differences are between neurons, shown below.")
     else:
         ui.chart(figures.sparsity_heatmap(matrix), "sparsity-heatmap")
+    plan = results.layer_plan(run_id)
+    if plan is not None and plan[0] != "uniform":  # uniform: the heatmap says it all
+        how, layers = plan
+        line = " · ".join(f"L{r.layer} {r.sparsity:.3f}" for r in layers.itertuples(index=False))
+        if "outlier_ratio_percent" in layers:
+            line += "; outlier ratio % " + " · ".join(f"{x:.2f}" for x in layers["outlier_ratio_percent"])
+        st.caption(f"Per-layer sparsity ({how}): {line}")
     ui.chart(figures.fraction_distribution(results.fraction_histogram(run_id)), "fraction-distribution")
 
     st.subheader("Neurons")

@@ -15,8 +15,9 @@ from nsa.jobs import runs
 from nsa.jobs.store import JobStore
 from nsa.jobs.worker import recover
 from nsa_app import results, ui
-from pruners import get_method, list_methods
+from pruners import get_method, list_methods, list_profiles
 from pruners.config import COMMON_PATTERNS
+from pruners.profiles import UNIFORM, get_profile
 
 QUEUE_POLL_S = 2.0
 
@@ -68,7 +69,15 @@ def build_spec() -> dict:
                 options = {opt.name: option_widget(method, opt) for opt in m.options}
         spec: dict = {"model": model, "prune": {"method": method, "sparsity": sparsity, "pattern": pattern,
                                                 "options": options}}
-        if m.needs_calibration:
+        profile = UNIFORM
+        if not m.structured:  # a sparsity profile spreads an unstructured method's sparsity over the layers
+            profile = st.selectbox("Sparsity profile", list_profiles(), key="profile",
+                                   help="; ".join(f"{p}: {get_profile(p).help}" for p in list_profiles()))
+            if profile != UNIFORM:
+                spec["prune"]["sparsity_profile"] = profile
+                spec["prune"]["profile_options"] = {opt.name: option_widget(profile, opt)
+                                                    for opt in get_profile(profile).options}
+        if m.needs_calibration or get_profile(profile).needs_calibration:
             st.subheader("Calibration")
             sources = list_calibration_sources()
             # the demo's own sources are synthetic: a real model starts on C4, as the papers do

@@ -11,6 +11,7 @@ from typing import Any
 
 from pruners.errors import PruneError
 from pruners.options import check_section, resolve_options
+from pruners.profiles import UNIFORM, get_profile
 from pruners.registry import get_method
 
 UNSTRUCTURED = "unstructured"
@@ -60,14 +61,23 @@ def validate_sparsity(sparsity: Any) -> float:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Method, sparsity, pattern and the method's options, validated and normalised on construction: the method
-    name is looked up in the registry, options are checked against its declarations and completed with their
-    defaults, and an N:M pattern fixes the sparsity at N/M (so one computation has one config)."""
+    """Method, sparsity, pattern, sparsity profile and their options, validated and normalised on construction:
+    the method and profile names are looked up in their registries, options are checked against their
+    declarations and completed with their defaults, and an N:M pattern fixes the sparsity at N/M (so one
+    computation has one config).
+
+    `sparsity_profile` spreads the sparsity over the decoder layers (`pruners.profiles`: "uniform" or "owl");
+    structured methods take neither an N:M pattern nor a non-uniform profile, and OWL takes no N:M pattern.
+    `to_dict` leaves the profile keys out when the profile is uniform (so specs written before profiles existed
+    keep their run ids) and `from_dict` reads a missing profile as uniform.
+    """
 
     method: str
     sparsity: float = 0.5
     pattern: str = UNSTRUCTURED
     options: dict = field(default_factory=dict)
+    sparsity_profile: str = UNIFORM
+    profile_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.method, str) or not self.method.strip():
@@ -75,32 +85,50 @@ class PruneConfig:
         method = get_method(self.method.strip().lower())
         pattern = normalise_pattern(self.pattern)
         sparsity = validate_sparsity(self.sparsity)
+        profile = get_profile(self.sparsity_profile)
         nm = parse_pattern(pattern)
         if nm is not None:
+            if method.structured:
+                raise PruneError(f"{method.name} is a structured method (it removes whole units); N:M patterns "
+                                 "apply to unstructured methods only: use pattern unstructured", "pattern")
+            if not profile.nm:
+                raise PruneError(f"{profile.name.upper()} layer-wise sparsity is not defined for N:M patterns "
+                                 f"(every layer prunes exactly {nm[0]} of {nm[1]}): use sparsity_profile uniform "
+                                 "or pattern unstructured", "sparsity_profile")
             sparsity = nm[0] / nm[1]
+        if method.structured and profile.name != UNIFORM:
+            raise PruneError(f"sparsity profile {profile.name} sets per-layer sparsities for unstructured methods; "
+                             f"{method.name} is structured: use sparsity_profile uniform", "sparsity_profile")
         object.__setattr__(self, "method", method.name)
         object.__setattr__(self, "pattern", pattern)
         object.__setattr__(self, "sparsity", sparsity)
         object.__setattr__(self, "options", resolve_options(method.options, self.options, f"method {method.name}"))
+        object.__setattr__(self, "sparsity_profile", profile.name)
+        object.__setattr__(self, "profile_options", resolve_options(
+            profile.options, self.profile_options, f"sparsity profile {profile.name}", prefix="profile_options."))
 
     @property
     def nm(self) -> tuple[int, int] | None:
         return parse_pattern(self.pattern)
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether pruning reads calibration data: the method's or the profile's (magnitude + OWL does)."""
+        return get_method(self.method).needs_calibration or get_profile(self.sparsity_profile).needs_calibration
+
     def to_dict(self) -> dict:
-        return {"method": self.method, "sparsity": self.sparsity, "pattern": self.pattern,
-                "options": dict(self.options)}
+        out = {"method": self.method, "sparsity": self.sparsity, "pattern": self.pattern,
+               "options": dict(self.options)}
+        if self.sparsity_profile != UNIFORM:
+            out |= {"sparsity_profile": self.sparsity_profile, "profile_options": dict(self.profile_options)}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "PruneConfig":
         """From a mapping such as a job spec's `prune:` section; unknown keys are a PruneError."""
-        check_section(data, {"method", "sparsity", "pattern", "options"}, "method", "e.g. magnitude, wanda, sparsegpt")
+        check_section(data, {"method", "sparsity", "pattern", "options", "sparsity_profile", "profile_options"},
+                      "method", "e.g. magnitude, wanda, sparsegpt")
         return cls(method=data["method"], sparsity=data.get("sparsity", 0.5),
-                   pattern=data.get("pattern", UNSTRUCTURED), options=data.get("options") or {})
-
-
-@dataclass
-class PruneResult:
-    masks: dict  # {param name: uint8 tensor, param shape, 1 = pruned}
-    stats: dict
-    weights: dict | None = None  # {param name: tensor} when the method changed kept weights (SparseGPT, RIA perm.)
+                   pattern=data.get("pattern", UNSTRUCTURED), options=data.get("options") or {},
+                   sparsity_profile=data.get("sparsity_profile") or UNIFORM,
+                   profile_options=data.get("profile_options") or {})

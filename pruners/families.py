@@ -52,6 +52,36 @@ FAMILIES: dict[str, Family] = {
     ]
 }
 SUPPORTED = "Llama, Mistral, Qwen2, OPT, GPT-2, GPT-NeoX"
+# separate q/k/v/o projections (grouped-query attention) and a gated MLP (gate/up → down): where heads and MLP
+# channels can be removed or permuted as whole units
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+ATTENTION = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """Query heads, key/value heads and head size of a (grouped-query) attention; query heads
+    g·group … (g+1)·group − 1 share key/value head g (transformers' repeat_kv)."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+
+def attention_shape(model: nn.Module) -> AttentionShape:
+    """The model's attention shape from its config; heads not divisible into key/value groups → PruneError."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    if kv <= 0 or heads % kv:
+        raise PruneError(f"the model has {heads} attention heads and {kv} key/value heads: {heads} is not "
+                         f"divisible by {kv}, so the query heads do not form grouped-query groups")
+    return AttentionShape(heads, kv, head_dim)
 
 
 @dataclass

@@ -12,6 +12,13 @@ lifecycle (llm-compressor's modifiers are the model):
 3. `prune` returns one `ModuleResult` per target: the mask (1 = pruned), new kept weights when the method
    changes them, and a column permutation to apply after the layer (RIA's channel reallocation).
 
+A *structured* method (`structured=True`) removes whole units — MLP channels, attention heads, decoder layers —
+and owns a whole-model driver instead: `prune_model(model, calib_ids, ModelContext)` returns a `PruneResult`
+whose masks cover whole rows/columns (or whole layers) and whose `weights` hold the tensors it changed or adds
+(FLAP's compensation biases). The engine dispatches on that declaration, applies the result to the model
+(`pruners.apply.apply_result`, the same function `nsa.masks.apply_masks` uses) and completes the stats.
+N:M patterns and sparsity profiles do not apply to structured methods (PruneConfig refuses them).
+
 The engine reads nothing else from a method: no hidden attributes, no option names.
 """
 from __future__ import annotations
@@ -58,22 +65,50 @@ class ModuleResult:
     permutation: Any = None
 
 
+@dataclass
+class ModelContext:
+    """What a structured method's whole-model driver knows besides the model and the calibration rows.
+    `report(fraction, message)` reports progress (at least once per decoder layer)."""
+
+    sparsity: float
+    options: dict
+    device: torch.device
+    calib_device: torch.device
+    report: Callable[[float, str], None]
+
+
+@dataclass
+class PruneResult:
+    masks: dict  # {param name: uint8 tensor, param shape, 1 = pruned}
+    stats: dict
+    weights: dict | None = None  # {param name: tensor}: kept weights the method changed (SparseGPT, RIA perm.),
+    # or tensors it adds (FLAP's `<module>.bias`, created on a Linear without one when applied)
+
+
 PruneFn = Callable[[list[Target], Any, LayerContext], list[ModuleResult]]
+ModelPruneFn = Callable[[nn.Module, Any, ModelContext], PruneResult]
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    prune: PruneFn
+    prune: PruneFn | None = None  # per-layer scoring (unstructured methods)
     options: tuple[Option, ...] = ()
     needs: tuple[str, ...] = ()  # subset of NEEDS; empty = no calibration data (magnitude)
     joint: Callable[[dict], bool] = field(default=lambda options: False)
     prepare: Callable[..., dict] | None = None  # (model, calib_ids, options, device) -> {param name: tensor}
     help: str = ""
+    structured: bool = False  # masks remove whole rows/columns/layers: no N:M pattern, no sparsity profile
+    prune_model: ModelPruneFn | None = None  # whole-model driver, instead of `prune` (structured methods)
+
+    def __post_init__(self) -> None:
+        if (self.prune is None) == (self.prune_model is None):
+            raise TypeError(f"method {self.name}: give exactly one of prune (per layer) or prune_model (whole model)")
 
     @property
     def needs_calibration(self) -> bool:
-        return bool(self.needs) or self.prepare is not None
+        """Whether the method reads calibration data (a whole-model driver always does)."""
+        return bool(self.needs) or self.prepare is not None or self.prune_model is not None
 
 
 def per_module(fn: Callable[[Target, Any, LayerContext], ModuleResult]) -> PruneFn:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pruners.errors import PruneError
-from pruners.families import get_family
+from pruners.families import LLAMA_LIKE, attention_shape, get_family
 from pruners.selection import row_mask, threshold_mask
 
 
@@ -39,7 +39,6 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     mask.scatter_(2, torch.topk(s, n, dim=2, largest=False)[1], True)
     return mask.reshape(rows, cols)
 
-PERMUTABLE_FAMILIES = ("llama", "mistral", "qwen2")
 IMPORTANCE = ("sum", "retained_degree_unstructured", "retained_degree_per_outneuron")
 RESIDUAL_REASON = "input is the residual stream (no private producer to permute with it): plain N:M mask"
 
@@ -76,7 +75,7 @@ def plan_for(model: nn.Module, name: str, ncols: int, m: int) -> PermutationPlan
     Unsupported families → PruneError (the option is only implemented where the producers are known).
     """
     fam = get_family(model)
-    if fam.name not in PERMUTABLE_FAMILIES:
+    if fam.name not in LLAMA_LIKE:
         raise PruneError(f"RIA channel_permutation is implemented for Llama, Mistral and Qwen2 (SwiGLU, GQA), "
                          f"not {fam.name}: run without channel_permutation")
     prefix, _, local = name.rpartition(".")
@@ -85,16 +84,15 @@ def plan_for(model: nn.Module, name: str, ncols: int, m: int) -> PermutationPlan
     if local == "mlp.down_proj":
         return PermutationPlan("mlp", 1, 1, ncols, (f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"))
     if local == "self_attn.o_proj":
-        cfg = model.config
-        heads = cfg.num_attention_heads
-        kv = getattr(cfg, "num_key_value_heads", None) or heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        if heads * head_dim != ncols or heads % kv:
-            raise PruneError(f"{name}: {ncols} inputs do not match {heads} heads × head_dim {head_dim} "
-                             f"with {kv} kv heads: cannot permute channels")
-        if head_dim % m:
-            return f"head_dim {head_dim} is not divisible by M={m} (groups would straddle heads): plain N:M mask"
-        return PermutationPlan("attention", kv, heads // kv, head_dim, (f"{prefix}.self_attn.v_proj",))
+        shape = attention_shape(model)
+        if shape.heads * shape.head_dim != ncols:
+            raise PruneError(f"{name}: {ncols} inputs do not match {shape.heads} heads × head_dim "
+                             f"{shape.head_dim}: cannot permute channels")
+        if shape.head_dim % m:
+            return (f"head_dim {shape.head_dim} is not divisible by M={m} (groups would straddle heads): "
+                    "plain N:M mask")
+        return PermutationPlan("attention", shape.kv_heads, shape.group, shape.head_dim,
+                               (f"{prefix}.self_attn.v_proj",))
     return RESIDUAL_REASON
 
 

@@ -5,6 +5,7 @@ model: demo                        # "demo", a local folder, a .gguf file, or a 
 device: cpu                        # where the job runs (not part of the run id)
 dtype: float32                     # float32 | float16 | bfloat16
 prune: {method: wanda, sparsity: 0.5, pattern: unstructured, options: {}}       # a pruners.PruneConfig
+                                   # (+ sparsity_profile: owl, profile_options: {owl_m: 5, owl_lambda: 0.08})
 calibration: {source: demo-generic, nsamples: 32, seqlen: 128, seed: 0}   # optional `path:` for a file
 evaluate: {tasks: [demo-reviews], limit: 200}                              # optional section
 nsa: {task: demo-reviews, words: learned, options: {}}                    # optional: an nsa.attribution.NSAConfig
@@ -38,7 +39,7 @@ from nsa.calibration import list_calibration_sources, source_file
 from nsa.errors import NSAError
 from nsa.models import check_model_name, local_model_key
 from nsa.userfiles import read_text, safe_yaml
-from pruners import PruneConfig, PruneError, get_method
+from pruners import PruneConfig, PruneError
 
 DTYPES = ("float32", "float16", "bfloat16")
 ID_LENGTH = 16
@@ -207,8 +208,9 @@ def _same_examples(nsa: NSAConfig, evaluate: EvaluateSpec, limit_given: bool) ->
 
 
 def _needs_calibration(prune: PruneConfig) -> bool:
-    """Magnitude pruning reads no data: calibration settings do not change its runs."""
-    return get_method(prune.method).needs_calibration
+    """Magnitude pruning reads no data (unless its sparsity profile does): calibration settings do not change
+    its runs."""
+    return prune.needs_calibration
 
 
 def _calibration(value: Any) -> CalibrationSpec:

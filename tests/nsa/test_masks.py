@@ -1,4 +1,5 @@
-"""nsa.masks: load, check, apply in place (with SparseGPT weights); files that are not masks are refused."""
+"""nsa.masks: load, check, apply in place (with SparseGPT weights, FLAP biases); files that are not masks are
+refused."""
 from __future__ import annotations
 
 import pytest
@@ -32,6 +33,20 @@ def test_apply_with_sparsegpt_weights(ref_model, reference_dir):
     params = dict(ref_model.named_parameters())
     for k, w in weights.items():
         assert torch.equal(params[k], w)
+
+
+def test_apply_creates_a_missing_linear_bias(ref_model):
+    """FLAP's compensation: a `<Linear>.bias` weight for a Linear built without a bias creates that bias; any other
+    unknown name (or a wrong size) is refused."""
+    name = "model.layers.0.self_attn.o_proj.bias"
+    out_features = ref_model.model.layers[0].self_attn.o_proj.out_features
+    bias = torch.arange(out_features, dtype=torch.float32)
+    apply_masks(ref_model, {}, {name: bias})
+    assert torch.equal(dict(ref_model.named_parameters())[name].detach(), bias)
+    for bad in ({"model.layers.0.mlp.nope.bias": bias}, {"model.layers.0.mlp.down_proj.bias": torch.zeros(3)},
+                {"model.layers.0.input_layernorm.bias": bias}):
+        with pytest.raises(NSAError, match="not a parameter of this model"):
+            apply_masks(ref_model, {}, bad)
 
 
 def test_mismatched_masks_name_first_problems(ref_model):

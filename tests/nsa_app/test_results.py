@@ -71,3 +71,14 @@ def test_local_paths_only_inside_allowed_folders(cache_env, tmp_path, monkeypatc
         check_local_path("/etc")
     monkeypatch.setenv("NSA_ALLOWED_DIRS", "/etc")
     assert check_local_path("/etc/hosts") == __import__("pathlib").Path("/etc/hosts")
+
+
+def test_layer_plan_reads_the_per_layer_sparsities(run_ids, monkeypatch):
+    how, layers = results.layer_plan(run_ids[0])
+    assert how == "uniform" and layers["sparsity"].tolist() == [0.5] * 5
+    owl = {"sparsity_profile": "owl", "layer_sparsity": [0.44, 0.56], "outlier_ratio_percent": [2.0, 1.0]}
+    monkeypatch.setattr(results, "read_json", lambda run_id, rel, required=True: owl)
+    how, layers = results.layer_plan("x")
+    assert how == "owl" and layers["outlier_ratio_percent"].tolist() == [2.0, 1.0]
+    monkeypatch.setattr(results, "read_json", lambda run_id, rel, required=True: {})
+    assert results.layer_plan("x") is None

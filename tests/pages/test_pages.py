@@ -188,6 +188,24 @@ def test_run_page_form_from_registry(cache_env):
     assert nsa_keys == {o.name for o in NSA_OPTIONS}
 
 
+def test_run_page_sparsity_profile_and_structured_methods(cache_env):
+    """OWL's options come from its declaration and make magnitude read calibration; structured methods take no
+    profile but do read calibration."""
+    def calibrated(at):
+        return any((w.key or "").startswith("calib-source") for w in at.selectbox)
+
+    at = page("pages/run.py")
+    at.selectbox(key="method").set_value("magnitude").run()
+    assert not calibrated(at)
+    at.selectbox(key="profile").set_value("owl").run()
+    no_errors(at)
+    generated = {w.key.split("-", 2)[2] for w in at.number_input if w.key and w.key.startswith("opt-owl-")}
+    assert generated == {"owl_m", "owl_lambda"} and calibrated(at)
+    at.selectbox(key="method").set_value("flap").run()
+    no_errors(at)
+    assert not any(w.key == "profile" for w in at.selectbox) and calibrated(at)
+
+
 def test_run_page_rejects_path_outside_allowed(cache_env, tmp_path):
     at = page("pages/run.py")
     at.radio(key="model-kind").set_value("local folder").run()

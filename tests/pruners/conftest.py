@@ -1,8 +1,15 @@
 """Tiny models of every supported family, built from configs (random weights, seeded)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
+
+from pruners.shrink import shrink
+
+REFERENCE = Path(__file__).resolve().parent / "reference"  # outputs of the authors' code (see its README)
 
 
 def tiny_model(family: str):
@@ -44,3 +51,22 @@ FAMILY_NAMES = ["llama", "mistral", "qwen2", "opt", "gpt2", "gpt_neox"]
 def calib_ids():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 128, (4, 16), generator=g)
+
+
+def assert_saved_smaller(pruned, masks, tmp_path, ids, smaller: bool = True):
+    """Shrink the pruned model, save it, load it back with plain AutoModelForCausalLM: same logits (fp32, 1e-5),
+    and (`smaller`) fewer parameters and a smaller file. Returns (loaded model, shrink summary)."""
+    small, summary = shrink(pruned, masks)
+    pruned.save_pretrained(tmp_path / "full")
+    small.save_pretrained(tmp_path / "small")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "small", dtype=torch.float32).eval()
+    assert type(loaded) is type(pruned)
+    with torch.no_grad():
+        expected, got = pruned(ids).logits, loaded(ids).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0), float((got - expected).abs().max())
+    assert sum(p.numel() for p in loaded.parameters()) == summary["params_after"]
+    if smaller:
+        assert summary["params_after"] < summary["params_before"]
+        size = lambda d: sum(f.stat().st_size for f in d.glob("*.safetensors"))  # noqa: E731
+        assert size(tmp_path / "small") < size(tmp_path / "full")
+    return loaded, summary

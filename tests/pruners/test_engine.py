@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pruners import PruneConfig, PruneError, get_method, list_methods, prune
+from pruners.method import Method
 from pruners.methods.sparsegpt import _inverse_factor
 from pruners.options import Option
 from pruners.registry import REGISTRY, Registry
@@ -16,13 +17,15 @@ from .conftest import tiny_model
 
 
 def test_registry_lists_methods_with_declarations():
-    assert list_methods() == ["gblm", "magnitude", "ria", "sparsegpt", "wanda"]
+    assert list_methods() == ["flap", "gblm", "magnitude", "ria", "shortgpt", "sparsegpt", "wanda"]
     for name in list_methods():
         m = get_method(name)
         names = [o.name for o in m.options]
-        assert "group" in names and "block_size" in names
+        assert m.structured == (name in ("flap", "shortgpt")) == (m.prune_model is not None)
+        assert m.structured or ("group" in names and "block_size" in names)
         for o in m.options:
             assert o.help and isinstance(o.default, o.type)
+    assert get_method("flap").needs_calibration and get_method("shortgpt").needs_calibration
     assert get_method("sparsegpt").needs == ("hessian",)
     assert get_method("gblm").prepare is not None and get_method("gblm").needs_calibration
     assert get_method("magnitude").needs == () and not get_method("magnitude").needs_calibration
@@ -48,8 +51,16 @@ def test_option_values_are_checked_strictly():
 
 
 def test_unknown_method_lists_registered():
-    with pytest.raises(PruneError, match="gblm, magnitude, ria, sparsegpt, wanda"):
+    with pytest.raises(PruneError, match="flap, gblm, magnitude, ria, shortgpt, sparsegpt, wanda"):
         get_method("obs")
+
+
+def test_a_method_declares_one_driver():
+    """Per-layer `prune` or a whole-model `prune_model` (structured), never both or neither."""
+    with pytest.raises(TypeError, match="exactly one of prune"):
+        Method("neither")
+    with pytest.raises(TypeError, match="exactly one of prune"):
+        Method("both", prune=get_method("wanda").prune, prune_model=get_method("flap").prune_model)
 
 
 @pytest.mark.parametrize("kwargs,match", [
