@@ -40,7 +40,7 @@ from nsa.atomic import write_json
 from nsa.datasets.registry import saved_custom
 from nsa.errors import NSAError
 from nsa.jobs import ray_task
-from nsa.jobs.runs import run_entry
+from nsa.jobs.runs import clean_partial, run_entry
 from nsa.jobs.store import Job, JobStore
 from nsa.jobs.worker import BEAT_S, describe_failure, recover, worker_lock
 from nsa.models import DEMO_MODEL_DIR, looks_local
@@ -179,6 +179,7 @@ class _Driver:
         self.put_refs: dict[str, object] = {}  # shared entry key -> ObjectRef of its exported data
         self.index_path = cache_dir() / "ray" / "entries.json"
         self.done = 0
+        self.sizes: dict[str, int | None] = {}  # model -> bytes of its weights, looked up once per driver
 
     # --- the loop -----------------------------------------------------------------------------------------
     def loop(self, once: bool, idle_exit_s: float | None, only: set[str] | None) -> int:
@@ -266,12 +267,17 @@ class _Driver:
         (a scheduling reservation, capped at the largest node). Unknown model size (a hub id not cached on this
         machine): 1 CPU, no memory reservation."""
         gpus = 1 if str(spec.get("device", "cpu")).startswith("cuda") else 0
-        weights = model_bytes(spec["model"])
+        weights = self._model_bytes(spec["model"])
         cpus = self.executor.cpus_per_job or (1 if gpus or not weights else math.ceil(weights / (2 * GIB)))
         out = {"CPU": float(min(cpus, max(self.largest.get("CPU", 1.0), 1.0))), "GPU": float(gpus)}
         if weights:
             out["memory"] = float(min(int(2.5 * weights) + BASE_MEMORY, self.largest.get("memory", 0.0)))
         return out
+
+    def _model_bytes(self, model: str) -> int | None:
+        if model not in self.sizes:
+            self.sizes[model] = model_bytes(model)
+        return self.sizes[model]
 
     def _fits(self, demand: dict) -> bool:
         used = {k: sum(r.demand.get(k, 0.0) for r in self.running.values()) for k in demand}
@@ -279,8 +285,11 @@ class _Driver:
 
     # --- sending jobs --------------------------------------------------------------------------------------
     def _dispatch(self, only: set[str] | None) -> None:
+        full: set[tuple] = set()  # demands that did not fit this round: the same ones are not tried again
         for job in self._queued(only):
             demand = self.demand(job.spec)
+            if tuple(sorted(demand.items())) in full:
+                continue
             if demand["GPU"] > self.largest.get("GPU", 0.0):
                 if self.store.claim(job.id, self.pid):
                     self.store.finish(job.id, "failed", message=f"needs a GPU (device {job.spec.get('device')}) but "
@@ -289,6 +298,7 @@ class _Driver:
                                             "no GPU; use device cpu or add a GPU node")
                 continue
             if not self._fits(demand):
+                full.add(tuple(sorted(demand.items())))
                 continue
             problem = self._too_big(job)
             if not self.store.claim(job.id, self.pid):
@@ -300,7 +310,7 @@ class _Driver:
 
     def _too_big(self, job: Job) -> str | None:
         """A run folder too large to send back (staging mode): masks alone take a byte per weight."""
-        weights = model_bytes(job.spec["model"]) or 0
+        weights = self._model_bytes(job.spec["model"]) or 0
         if self.executor.shared_cache or weights // 4 <= RETURN_LIMIT:
             return None
         return (f"the model's run folder would exceed the {RETURN_LIMIT / 1e9:.1f} GB a Ray task sends back (its masks "
@@ -386,6 +396,8 @@ class _Driver:
             run = refs[ref]
             del self.running[run.job.id]
             status = self._finish(run)
+            if self.executor.shared_cache and status != "done":
+                clean_partial(run.job.id)  # what a killed task left in the shared cache (it has ended)
             self.done += 1
             self.log(f"job {run.job.id}: {status} on {run.host or '?'} after {time.time() - run.sent:.1f} s")
 
