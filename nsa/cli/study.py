@@ -116,9 +116,13 @@ def _run(plan, here: bool, start_worker: bool, poll: float, executor) -> int:
                 bar.close()
                 reasons = runner.waiting_reasons(plan)
                 print(f"\nstudy {plan.study.name}: {state.summary()}; no worker is running"
-                      + (f" ({reasons[0]})" if reasons else "") + ". Run the same command again to resume "
-                      "(finished runs are reused), or with --executor local to run the rest on this machine; "
-                      f"the worker's log: {worker_log()}", file=sys.stderr)
+                      + (f" ({reasons[0]})" if reasons else "") + ".", file=sys.stderr)
+                for title, ids in (("finished", plan.finished), ("not finished", set(plan.ids) - plan.finished)):
+                    labels = [r.label() for r in plan.runs if r.run_id in ids]
+                    more = f" … and {len(labels) - 10} more" if len(labels) > 10 else ""
+                    print(f"  {title}: {'; '.join(labels[:10]) or 'none'}{more}", file=sys.stderr)
+                print("Run the same command again to resume (finished runs are reused), or with --executor local to "
+                      f"run the rest on this machine; the worker's log: {worker_log()}", file=sys.stderr)
                 return 3
             time.sleep(poll)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -54,6 +55,7 @@ SHIP_LIMIT = 256 << 20  # bytes of shared cache entries sent with one task
 RETURN_LIMIT = 2 << 30  # the largest run folder a task sends back (staging mode); beyond: a shared cache
 GIB = 1 << 30
 BASE_MEMORY = int(1.5 * GIB)  # a job's libraries, evaluation and NSA buffers besides the model
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 ENV_VARS = ("NSA_DATA_DIR", "NSA_MODELS_DIR", "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
             "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
 
@@ -413,7 +415,9 @@ class _Driver:
                 self.store.finish(job_id, "cancelled", message=f"cancelled during {run.stage}")
                 return "cancelled"
             message, error = describe_failure(cause if cause is not None else err, run.stage)
-            self.store.finish(job_id, "failed", message=message, error=error, traceback=str(err)[-20000:])
+            remote = ANSI.sub("", str(err))[-20000:]  # Ray's text of the remote traceback, without its colours
+            self.store.finish(job_id, "failed", message=message, error=error,
+                              traceback=f"Traceback of the Ray task on {run.host or '?'}:\n{remote}")
             return "failed"
         except rx.RayError as err:
             if run.cancel_at is not None:

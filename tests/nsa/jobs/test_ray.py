@@ -126,6 +126,31 @@ def test_unreachable_cluster_is_named_in_seconds(cache, tmp_path, monkeypatch):
     assert JobStore().list() == []  # refused before anything was queued
 
 
+def test_an_entry_sent_between_machines_is_checked_file_by_file(cache, tmp_path):
+    """What a task sends back is installed only when every file matches the sender's manifest; else nothing
+    changes and the error names the file."""
+    from nsa.artifacts import Entry
+
+    source = Entry(tmp_path / "made-elsewhere" / "abc", "run")
+    with source.build() as out:
+        (out / "eval").mkdir()
+        (out / "eval" / "summary.json").write_text('{"acc": 0.5}')
+        (out / "masks.safetensors").write_bytes(b"\x00\x01" * 100)
+    data = source.export()
+    target = Entry(tmp_path / "cache" / "abc", "run")
+    for damage, says in ((lambda d: d["files"].__setitem__("masks.safetensors", b"\x01\x01" + b"\x00\x01" * 99),
+                          "masks.safetensors does not match"),
+                         (lambda d: d["files"].pop("eval/summary.json"), "differ from its manifest"),
+                         (lambda d: d["files"].__setitem__("../outside", b"x"), "differ from its manifest")):
+        bad = {"manifest": data["manifest"], "files": dict(data["files"])}
+        damage(bad)
+        with pytest.raises(NSAError, match=says):
+            target.receive(bad)
+        assert not target.folder.exists() and _hidden(target.folder.parent) == []
+    target.receive(data)
+    assert target.problems(deep=True) == [] and target.manifest() == source.manifest()
+
+
 # --- a local instance ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_demo_study_through_ray_matches_the_local_executor(cache, tmp_path, monkeypatch, local_ray):
@@ -144,11 +169,19 @@ def test_demo_study_through_ray_matches_the_local_executor(cache, tmp_path, monk
     executor = RayExecutor(node_cache=str(node))
     ids = runner.submit(plan, start_worker=False, executor=executor)
     store = JobStore()
-    thread, outcome = _serve(executor, store, ids)
+    texts = tmp_path / "two_lines.txt"  # and a job that raises on its node: failed with its message, as locally
+    texts.write_text("a short calibration text\nanother one\n")
+    bad = submit({"model": "demo", "prune": {"method": "wanda", "sparsity": 0.5},
+                  "calibration": {"source": "mine", "path": str(texts), "nsamples": 2, "seqlen": 512}},
+                 store, start_worker=False, executor=executor).run_id
+    thread, outcome = _serve(executor, store, [*ids, bad])
     thread.join(240)
-    assert outcome.get("ran") == 4, outcome
+    assert outcome.get("ran") == 5, outcome
     jobs = [store.get(i) for i in ids]
     assert [j.status for j in jobs] == ["done"] * 4, [(j.message, j.error) for j in jobs]
+    failed = store.get(bad)
+    assert failed.status == "failed" and failed.message.startswith("failed during calibration:"), failed
+    assert "windows of seqlen=512" in failed.error and "Traceback" in failed.traceback
     assert _results(plan) == local  # masks bit for bit, the same accuracies
     placements = store.placements()
     assert all(placements[i]["executor"] == "ray" and placements[i]["host"] == socket.gethostname() for i in ids)
