@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from nsa.atomic import atomic_dir, clean_partial, recover_dir, write_json
+from nsa.errors import NSAError
 from nsa.paths import cache_dir
 
 MANIFEST = "manifest.json"
@@ -162,6 +163,44 @@ class Entry:
     def clean_partial(self) -> int:
         """Recover an interrupted swap, then remove leftovers of a killed build (no live builder may run)."""
         return clean_partial(self.folder)
+
+    # --- moving an entry between machines (the Ray executor's staging mode) -------------------------------
+    def export(self) -> dict:
+        """The complete entry as data: {"manifest": dict, "files": {rel: bytes}}, to rebuild it elsewhere with
+        `receive`. `NSAError` when it does not verify (sizes; hashes once per process)."""
+        problems = self.problems()
+        if problems:
+            raise NSAError(f"{self.kind} entry {self.key} cannot be sent: {problems[0]}")
+        manifest = self.manifest()
+        return {"manifest": manifest, "files": {rel: self.path(rel).read_bytes() for rel in manifest["files"]}}
+
+    def receive(self, data: dict) -> None:
+        """Build this entry from `export()`ed data made elsewhere: the files must be exactly those the sender's
+        manifest lists, each with its size and sha256, before the folder is swapped in with that manifest
+        (`NSAError` naming the first bad file; then nothing changes)."""
+        manifest, files = data.get("manifest"), data.get("files")
+        listed = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(listed, dict) or not isinstance(files, dict):
+            raise NSAError(f"{self.kind} entry {self.key}: received data without a manifest or files")
+        if set(files) != set(listed):
+            odd = sorted(set(files) ^ set(listed))
+            raise NSAError(f"{self.kind} entry {self.key}: received files differ from its manifest ({odd[0]})")
+        if manifest.get("format", self.format) != self.format:
+            raise NSAError(f"{self.kind} entry {self.key}: received format {manifest.get('format')}, expected "
+                           f"{self.format} (the sender runs another version)")
+        for rel, blob in files.items():
+            info = listed[rel]
+            if len(blob) != info.get("size") or hashlib.sha256(blob).hexdigest() != info.get("sha256"):
+                raise NSAError(f"{self.kind} entry {self.key}: {rel} does not match its manifest's checksum "
+                               "(damaged on the way)")
+        with atomic_dir(self.folder) as tmp:
+            for rel, blob in files.items():
+                target = (tmp / rel).resolve()
+                if tmp.resolve() not in target.parents:
+                    raise NSAError(f"{self.kind} entry {self.key}: file name {rel!r} leaves the folder")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(blob)
+            write_json(tmp / MANIFEST, manifest)
 
 
 def write_manifest(folder: Path, kind: str, format: int, meta: dict | None = None) -> dict:

@@ -55,7 +55,7 @@ def body() -> None:
         return
     flips = results.flips(run_id)
     if flips.empty:
-        st.info(f"Pruning flipped no example of {task}.")
+        st.info(f"Pruning flipped none of the {n} examples of {task}.")
         return
     directions = ["lost", "gained"]
     direction = st.radio("Direction", directions, horizontal=True, key="flip-dir",

@@ -11,11 +11,12 @@ import time
 import torch
 from tqdm import tqdm
 
+from nsa.cli.executor_args import add_executor_arguments, executor_from_args
 from nsa.jobs import runs
 from nsa.jobs.spec import load_spec
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa.jobs.worker import BEAT_S, recover, run_in_process, run_worker
+from nsa.jobs.worker import BEAT_S, recover, run_in_process
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="queue a job spec for the background worker; prints its id")
     p.add_argument("spec", help="job spec (YAML)")
     p.add_argument("--no-worker", action="store_true", help="do not start a background worker")
+    add_executor_arguments(p)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("jobs", help="list jobs: id, status, stage, progress")
@@ -41,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--once", action="store_true", help="exit when the queue is empty")
     p.add_argument("--idle-exit", type=float, default=None, metavar="S",
                    help="exit after S seconds with an empty queue (default: run until stopped)")
+    add_executor_arguments(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("runs", help="list run folders with their size; --delete ID removes one")
@@ -50,7 +53,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(args) -> int:
-    sub = submit(load_spec(args.spec), start_worker=not args.no_worker)
+    executor = executor_from_args(args)
+    if not args.no_worker:
+        executor.check()
+    sub = submit(load_spec(args.spec), start_worker=not args.no_worker, executor=executor)
     print(sub.run_id)
     print(f"status: {sub.status}" + (" (complete, verified)" if sub.already_done else ""), file=sys.stderr)
     if sub.problems and sub.problems != ["missing"]:
@@ -144,6 +150,10 @@ def cmd_jobs(args) -> int:
             if key not in ("traceback", "spec"):
                 print(f"{key}: {_fmt(key, value)}")
         print("spec: " + json.dumps(job.spec, sort_keys=True))
+        place = store.placement(job.id)
+        if place:
+            print(f"ran on: {place['host']} ({place['executor']}, node {place['node'][:12]}, pid {place['pid']}"
+                  f"{', GPU ' + place['gpus'] if place['gpus'] else ''}, attempt {place['attempt']})")
         if job.traceback:
             print(job.traceback)
         return 0
@@ -172,7 +182,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    n = run_worker(once=args.once, idle_exit_s=args.idle_exit, log=lambda m: print(m, flush=True))
+    n = executor_from_args(args).serve(once=args.once, idle_exit_s=args.idle_exit, log=lambda m: print(m, flush=True))
     print(f"worker exiting after {n} job(s)", flush=True)
     return 0
 

@@ -13,7 +13,9 @@ import time
 import pandas as pd
 from tqdm import tqdm
 
+from nsa.cli.executor_args import add_executor_arguments, executor_from_args
 from nsa.errors import NSAError
+from nsa.jobs.worker import running_worker, worker_log
 from nsa.study import findings, load_study, runner
 from nsa.study.breakpoint import table_breakpoints
 from nsa.study.results import write_csv
@@ -34,6 +36,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--no-worker", action="store_true",
                    help="only queue the runs and follow them; do not start a worker (one is already running)")
     p.add_argument("--poll", type=float, default=1.0, metavar="S", help="seconds between progress updates")
+    add_executor_arguments(p)
     p.set_defaults(func=run_study_command)
 
 
@@ -42,6 +45,9 @@ def run_study_command(args: argparse.Namespace) -> int:
         raise NSAError(f"--max-runs must be a positive integer, got {args.max_runs}")
     if args.csv and not args.results:
         raise NSAError("--csv writes the results table: use it with --results")
+    executor = executor_from_args(args)
+    if args.here and executor.name != "local":
+        raise NSAError("--here runs the jobs in this process: it cannot be combined with --executor ray")
     study = load_study(args.study)
     if args.max_runs is not None:
         study.max_runs = args.max_runs
@@ -51,7 +57,9 @@ def run_study_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print_plan(plan)
         return 0
-    return _run(plan, here=args.here, start_worker=not args.no_worker, poll=args.poll)
+    if not args.no_worker and plan.to_run:
+        executor.check()  # an unreachable cluster is named now, in seconds
+    return _run(plan, here=args.here, start_worker=not args.no_worker, poll=args.poll, executor=executor)
 
 
 def _print_plan(plan) -> None:
@@ -64,12 +72,16 @@ def _print_plan(plan) -> None:
     print(runner.plan_summary(plan))
 
 
-def _run(plan, here: bool, start_worker: bool, poll: float) -> int:
+def _run(plan, here: bool, start_worker: bool, poll: float, executor) -> int:
     print(runner.plan_summary(plan), file=sys.stderr)
     if not plan.to_run:
         print("every run is finished; see the results with --results", file=sys.stderr)
         return 0
-    runner.submit(plan, start_worker=start_worker and not here)
+    other = running_worker() if start_worker and not here else None
+    runner.submit(plan, start_worker=start_worker and not here, executor=executor)
+    if other and other["executor"] != executor.name:
+        print(f"note: a {other['executor']} worker (pid {other['pid']}) already runs the queue: the study's runs go "
+              f"to it, not to {executor.describe()} (stop it and run this again to change)", file=sys.stderr)
     reported: set[str] = set()
     bar = tqdm(total=len(plan.runs), desc=f"study {plan.study.name}", unit="run", file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}] {postfix}")
@@ -100,6 +112,18 @@ def _run(plan, here: bool, start_worker: bool, poll: float) -> int:
                     tqdm.write(f"run {run_id} failed: {message}", file=sys.stderr)
             if state.active == 0:
                 break
+            if start_worker and not here and runner.stalled(state):
+                bar.close()
+                reasons = runner.waiting_reasons(plan)
+                print(f"\nstudy {plan.study.name}: {state.summary()}; no worker is running"
+                      + (f" ({reasons[0]})" if reasons else "") + ".", file=sys.stderr)
+                for title, ids in (("finished", plan.finished), ("not finished", set(plan.ids) - plan.finished)):
+                    labels = [r.label() for r in plan.runs if r.run_id in ids]
+                    more = f" … and {len(labels) - 10} more" if len(labels) > 10 else ""
+                    print(f"  {title}: {'; '.join(labels[:10]) or 'none'}{more}", file=sys.stderr)
+                print("Run the same command again to resume (finished runs are reused), or with --executor local to "
+                      f"run the rest on this machine; the worker's log: {worker_log()}", file=sys.stderr)
+                return 3
             time.sleep(poll)
     except KeyboardInterrupt:
         bar.close()

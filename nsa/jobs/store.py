@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat REAL NOT NULL,
     job_id TEXT
 );
+CREATE TABLE IF NOT EXISTS placements (
+    job_id TEXT PRIMARY KEY,
+    executor TEXT NOT NULL,
+    host TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT '',
+    pid INTEGER,
+    gpus TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL DEFAULT 1,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -181,6 +191,7 @@ class JobStore:
         db.execute("UPDATE jobs SET status='queued', stage='', progress=0, message='', error=NULL, traceback=NULL, "
                    "created=?, started=NULL, finished=NULL, worker_pid=NULL, heartbeat=NULL, attempts=0, "
                    "cancel_requested=0 WHERE id=?", (now, job_id))
+        db.execute("DELETE FROM placements WHERE job_id=?", (job_id,))
 
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None when there is none."""
@@ -226,7 +237,9 @@ class JobStore:
     def delete(self, job_id: str) -> None:
         """Forget a finished job (its run folder is removed with `nsa.jobs.runs.delete_run`)."""
         with self._transaction() as db:
-            db.execute("DELETE FROM jobs WHERE id=? AND status NOT IN ('queued', 'running')", (job_id,))
+            cur = db.execute("DELETE FROM jobs WHERE id=? AND status NOT IN ('queued', 'running')", (job_id,))
+            if cur.rowcount:
+                db.execute("DELETE FROM placements WHERE job_id=?", (job_id,))
 
     # --- the worker's side --------------------------------------------------------------------------------
     def claim_next(self, worker_pid: int) -> Job | None:
@@ -307,6 +320,27 @@ class JobStore:
     def workers(self) -> list[dict]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM workers ORDER BY started").fetchall()]
+
+    # --- where a job runs (written by executors that run jobs on other machines) ------------------------
+    def place(self, job_id: str, executor: str, host: str = "", node: str = "", pid: int | None = None,
+              gpus: str = "", attempt: int = 1) -> None:
+        """Record where `job_id` runs now (its latest attempt): executor, host, node id, process, GPU ids."""
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO placements (job_id, executor, host, node, pid, gpus, attempt, updated) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (job_id, executor, host, node, pid, gpus, attempt,
+                                                          time.time()))
+
+    def placement(self, job_id: str) -> dict | None:
+        """Where the job ran or runs ({executor, host, node, pid, gpus, attempt, updated}), None if unrecorded
+        (the local worker runs jobs on this machine: see `worker_pid`)."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM placements WHERE job_id=?", (job_id,)).fetchone()
+        return dict(row) if row else None
+
+    def placements(self) -> dict[str, dict]:
+        """{job id: placement} for every recorded job."""
+        with self._connect() as db:
+            return {r["job_id"]: dict(r) for r in db.execute("SELECT * FROM placements").fetchall()}
 
 
 def _job(row: sqlite3.Row) -> Job:

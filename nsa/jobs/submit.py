@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nsa.errors import NSAError
+from nsa.jobs.executors import Executor, LocalExecutor
+from nsa.jobs.executors import start_worker as start_executor_worker
 from nsa.jobs.runs import verify_run
 from nsa.jobs.spec import parse_spec
 from nsa.jobs.store import JobStore
-from nsa.jobs.worker import ensure_worker, recover
+from nsa.jobs.worker import recover
 from nsa.models import check_device
 
 
@@ -34,11 +36,16 @@ class Submission:
         return f"run {self.run_id} {self.status}{fixed}"
 
 
-def submit(spec: Any, store: JobStore | None = None, start_worker: bool = True) -> Submission:
-    """Queue `spec` (a JobSpec or a mapping) unless its run is complete; see the module docstring."""
+def submit(spec: Any, store: JobStore | None = None, start_worker: bool = True,
+           executor: Executor | None = None) -> Submission:
+    """Queue `spec` (a JobSpec or a mapping) unless its run is complete; see the module docstring. `executor`
+    (default: the local worker) is the one a background worker started here uses; the Ray executor's jobs
+    run on the cluster's nodes, so a device this machine lacks is left to them (a CUDA job needs a GPU node)."""
     spec = parse_spec(spec)
+    executor = executor or LocalExecutor()
     try:
-        check_device(spec.device)  # the local worker runs it here: a GPU this machine lacks is refused now
+        if executor.runs_here:
+            check_device(spec.device)  # the local worker runs it here: a GPU this machine lacks is refused now
     except NSAError as err:
         raise NSAError(err.at("device")) from None
     store = store or JobStore()
@@ -48,6 +55,6 @@ def submit(spec: Any, store: JobStore | None = None, start_worker: bool = True) 
         store.record_done(spec, f"run folder {spec.id} verified")
         return Submission(spec.id, "done", True, [])
     store.enqueue(spec)
-    pid = ensure_worker(store) if start_worker else None
+    pid = start_executor_worker(store, executor) if start_worker else None
     job = store.get(spec.id)
     return Submission(spec.id, job.status if job else "queued", False, problems, pid)

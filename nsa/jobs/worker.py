@@ -37,8 +37,12 @@ from nsa.paths import PROJECT_ROOT, cache_dir
 from pruners.errors import PruneError
 
 # imported once by the forkserver that forks every job's process (failed imports are skipped by Python)
-PRELOAD = ["torch", "transformers", "lm_eval.evaluator", "lm_eval.models.huggingface", "lm_eval.tasks",
-           "sklearn.linear_model", "nsa.jobs.pipeline", "nsa.evaluation", "nsa.attribution"]
+# what every job imports, loaded once in the forkserver: transformers' model classes are imported lazily on the
+# first from_pretrained (about 1000 modules, 2 s of a job's time when not preloaded)
+PRELOAD = ["torch", "transformers", "transformers.modeling_utils", "transformers.generation.utils",
+           "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
+           "transformers.models.gpt2.modeling_gpt2", "lm_eval.evaluator", "lm_eval.models.huggingface",
+           "lm_eval.tasks", "sklearn.linear_model", "nsa.jobs.pipeline", "nsa.evaluation", "nsa.attribution"]
 BEAT_S = 1.0
 POLL_S = 0.5
 STALE_S = float(os.environ.get("NSA_JOB_STALE_S", "60"))
@@ -55,8 +59,8 @@ def lock_path() -> Path:
 
 
 @contextlib.contextmanager
-def worker_lock():
-    """Hold the worker lock; `NSAError` when another worker already holds it."""
+def worker_lock(executor: str = "local"):
+    """Hold the worker lock (the file says `<pid> <executor>`); `NSAError` when another worker holds it."""
     path = lock_path()
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -65,7 +69,7 @@ def worker_lock():
         except BlockingIOError:
             raise NSAError(f"another worker is already running (it holds {path})") from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {executor}".encode())
         yield
     finally:
         os.close(fd)
@@ -86,12 +90,29 @@ def worker_running() -> bool:
         os.close(fd)
 
 
-def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> int | None:
+def running_worker() -> dict | None:
+    """The worker holding the lock now: {"pid", "executor"} ("local" or "ray"), or None when none runs."""
+    if not worker_running():
+        return None
+    try:
+        pid, _, executor = lock_path().read_text().strip().partition(" ")
+        return {"pid": int(pid), "executor": executor or "local"}
+    except (OSError, ValueError):
+        return {"pid": None, "executor": "local"}
+
+
+def worker_alive() -> bool:
+    """A worker holds the lock, or one was started moments ago and is still importing."""
+    return worker_running() or _recently_spawned()
+
+
+def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0, args: tuple[str, ...] = ()) -> int | None:
     """Start a background worker when jobs are queued and none runs; returns the new process id (or None).
 
-    The worker is a detached `python -m nsa worker` (its output goes to `cache_dir()/logs/worker.log`) that
-    exits after `idle_exit_s` seconds with an empty queue. The app and `nsa study` call this after submitting.
-    With NSA_NO_WORKER=1 jobs are only queued (for a machine whose worker runs elsewhere, and for tests).
+    The worker is a detached `python -m nsa worker [args]` (its output goes to `cache_dir()/logs/worker.log`)
+    that exits after `idle_exit_s` seconds with an empty queue. The app and `nsa study` call this after
+    submitting; `args` choose another executor (`nsa.jobs.executors.Executor.worker_args`). With NSA_NO_WORKER=1
+    jobs are only queued (for a machine whose worker runs elsewhere, and for tests).
     """
     store = store or JobStore()
     recover(store)
@@ -100,16 +121,21 @@ def ensure_worker(store: JobStore | None = None, idle_exit_s: float = 120.0) -> 
     with _exclusive(cache_dir() / "worker.spawn.lock"):  # many submits at once start one worker
         if worker_running() or _recently_spawned():
             return None
-        log = cache_dir() / "logs" / "worker.log"
+        log = worker_log()
         log.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, NSA_CACHE_DIR=str(cache_dir()))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
         with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "nsa", "worker", "--idle-exit", str(idle_exit_s)],
+            proc = subprocess.Popen([sys.executable, "-m", "nsa", "worker", "--idle-exit", str(idle_exit_s), *args],
                                     cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         _spawn_marker().write_text(json.dumps({"pid": proc.pid, "time": time.time()}))
     return proc.pid
+
+
+def worker_log() -> Path:
+    """Where background workers write their output."""
+    return cache_dir() / "logs" / "worker.log"
 
 
 SPAWN_GRACE_S = 30.0  # a just-started worker takes its lock after its imports (a few seconds)
@@ -303,24 +329,15 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
     which stops when its worker dies.
     """
     stage = {"name": "starting"}
-    writer = _ProgressWriter(store, job.id, stage, also=also, watch_parent=child)
+    writer = ProgressWriter(store, job.id, stage, also=also, watch_parent=child)
     try:
         folder = run_job(JobSpec.stored(job.spec), progress=writer, run_id=job.id)
-    except (NSAError, PruneError) as err:
-        store.finish(job.id, "failed", message=f"failed during {stage['name']}: {err}", error=str(err),
-                     traceback=tb.format_exc())
-        return "failed"
     except BaseException as err:  # noqa: BLE001 - every failure is recorded, a bug with its traceback
-        if _is_oom(err):
-            hint = OOM_HINT if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else HOST_OOM_HINT
-            message = hint.format(stage=stage["name"])
-            store.finish(job.id, "failed", message=message, error=f"{message}\n({err})", traceback=tb.format_exc())
-            return "failed"
         if isinstance(err, KeyboardInterrupt):
             store.finish(job.id, "cancelled", message=f"interrupted during {stage['name']}")
             raise
-        store.finish(job.id, "failed", message=f"failed during {stage['name']}: {type(err).__name__}: {err}",
-                     error=f"{type(err).__name__}: {err}", traceback=tb.format_exc())
+        message, error = describe_failure(err, stage["name"])
+        store.finish(job.id, "failed", message=message, error=error, traceback=tb.format_exc())
         if isinstance(err, SystemExit):
             raise
         return "failed"
@@ -328,8 +345,21 @@ def run_in_process(store: JobStore, job: Job, also: Callable | None = None, chil
     return "done"
 
 
-class _ProgressWriter:
-    """Progress callback writing to the store (stage changes at once, else at most every 0.2 s)."""
+def describe_failure(err: BaseException, stage: str) -> tuple[str, str]:
+    """(message, error) recorded for a job that raised `err` during `stage`, whichever executor ran it: the
+    problem of an `NSAError`/`PruneError`, what to lower after running out of memory, else the exception."""
+    if isinstance(err, (NSAError, PruneError)):
+        return f"failed during {stage}: {err}", str(err)
+    if _is_oom(err):
+        hint = OOM_HINT if "CUDA" in str(err) or type(err).__name__ == "OutOfMemoryError" else HOST_OOM_HINT
+        message = hint.format(stage=stage)
+        return message, f"{message}\n({err})"
+    return f"failed during {stage}: {type(err).__name__}: {err}", f"{type(err).__name__}: {err}"
+
+
+class ProgressWriter:
+    """Progress callback writing to the store, or to anything with its `update` (stage changes at once, else at
+    most every 0.2 s)."""
     def __init__(self, store: JobStore, job_id: str, stage: dict, every_s: float = 0.2,
                  also: Callable | None = None, watch_parent: bool = True):
         self.store, self.job_id, self.stage, self.every_s = store, job_id, stage, every_s

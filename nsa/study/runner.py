@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 from nsa.errors import NSAError
+from nsa.jobs.executors import Executor, LocalExecutor
+from nsa.jobs.executors import start_worker as start_executor_worker
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit as submit_one
-from nsa.jobs.worker import BEAT_S, ensure_worker, recover, run_in_process
+from nsa.jobs.worker import BEAT_S, recover, run_in_process, worker_alive
 from nsa.study.expand import StudyRun, expand, is_finished, run_folder
 from nsa.study.results import results_table
 from nsa.study.spec import StudySpec
@@ -85,14 +87,32 @@ def plan_summary(p: StudyPlan) -> str:
             f"{len(p.to_run)} to run")
 
 
-def submit(p: StudyPlan, store=None, start_worker: bool = True) -> list[str]:
+def submit(p: StudyPlan, store=None, start_worker: bool = True, executor: Executor | None = None) -> list[str]:
     """Queue every unfinished run through the one submit path (a run already queued, running or complete is
-    not submitted twice), then start one worker; returns their ids."""
+    not submitted twice), then start one worker using `executor` (default: the local one); returns their ids."""
     store = store or _store()
-    ids = [submit_one(run.job, store, start_worker=False).run_id for run in p.to_run]
+    ids = [submit_one(run.job, store, start_worker=False, executor=executor).run_id for run in p.to_run]
     if start_worker:
-        ensure_worker(store)
+        start_executor_worker(store, executor or LocalExecutor())
     return ids
+
+
+def stalled(state: StudyProgress) -> bool:
+    """Runs wait in the queue, none runs, and no worker is running or starting: nothing will run them (the
+    worker stopped, e.g. its Ray cluster went away) until a worker starts again."""
+    return state.queued > 0 and state.running == 0 and not worker_alive()
+
+
+def waiting_reasons(p: StudyPlan, store=None) -> list[str]:
+    """The distinct messages of the study's queued jobs (why they went back to the queue), first seen first."""
+    store = store or _store()
+    out: list[str] = []
+    for run in p.runs:
+        job = _get(store, run.run_id)
+        message = _field(job, "message") if job is not None and _field(job, "status") == "queued" else ""
+        if message and message not in out:
+            out.append(message)
+    return out
 
 
 def run_here(p: StudyPlan, store=None, on_event=None, on_run=None) -> dict[str, str]:
