@@ -137,7 +137,7 @@ def loss_drop_scatter(df: pd.DataFrame) -> go.Figure:
         fig.add_trace(go.Scatter(x=part["relative_lost"], y=part["accuracy_drop"], mode="markers", name=str(cluster),
                                  text=part["run"], marker=dict(size=10),
                                  hovertemplate="%{text}<br>lost %{x:.1%} · drop %{y:.1f} pts<extra></extra>"))
-    fig.update_layout(xaxis_title="relative activation lost on the cluster's words", xaxis_tickformat=".0%",
+    fig.update_layout(xaxis_title="relative activation lost on the cluster's words", xaxis_tickformat=".1%",
                       yaxis_title="accuracy drop (points)")
     return _layout(fig, "Cluster activation loss vs accuracy drop across runs", height=380)
 

@@ -53,6 +53,7 @@ def accuracy_figure(table: pd.DataFrame, breakpoints: pd.DataFrame | None = None
                           annotation_text="dense", annotation_position="bottom left")
     fig.update_xaxes(title_text="sparsity")
     fig.update_yaxes(title_text=f"accuracy on {task}", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05])  # accuracies: the axis never runs past 1 (plotly pads a flat curve to 1.5)
     fig.update_layout(title=f"Accuracy vs sparsity on {task}<br><sup>band: range over seeds · ◆ sharp dropping "
                             "point with its 95% interval over seeds · dashed: dense</sup>",
                       legend_title_text="method", height=450)
