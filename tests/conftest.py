@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from nsa.gguf import convert_gguf  # noqa: E402
 from nsa.jobs.pipeline import run_job  # noqa: E402
 from nsa.study import load_study, runner  # noqa: E402
 from nsa_app.results import list_runs  # noqa: E402
@@ -54,6 +55,18 @@ def stories(stories_dir: Path):
     prune or change weights work on a copy (`copy.deepcopy`) or load their own."""
     model = AutoModelForCausalLM.from_pretrained(stories_dir, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(stories_dir)
+
+
+SMOLLM2_GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The real SmolLM2-135M-Instruct (4-bit GGUF in ../shared), converted once per session into the session's
+    private cache, where the job pipeline's `load_model` finds it again (about a minute the first time)."""
+    assert SMOLLM2_GGUF.is_file(), f"{SMOLLM2_GGUF} not found (set NSA_SHARED_DIR)"
+    torch.set_num_threads(1)
+    return convert_gguf(SMOLLM2_GGUF, tmp_path_factory.getbasetemp() / "nsa-cache")
 
 
 @pytest.fixture(scope="session")
