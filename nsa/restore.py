@@ -208,7 +208,7 @@ def plan_restore(run_id: str, config: RestoreConfig) -> Plan:
         chosen, labelled, skipped = list(config.neurons), set(), []
         outside = [f"{layer}:{i}" for layer, i in chosen if layer >= len(sizes) or i >= sizes[layer]]
         if outside:
-            shape = ", ".join(f"layer {k}: {s}" for k, s in enumerate(sizes))
+            shape = f"{sizes[0]} in each" if len(set(sizes)) == 1 else ", ".join(map(str, sizes))
             raise NSAError(f"neuron(s) {', '.join(outside[:10])} are outside the model ({len(sizes)} layers, "
                            f"0..{len(sizes) - 1}; neurons per layer: {shape})", "neurons")
         kept = [f"{layer}:{i}" for layer, i in chosen if (layer, i) not in pruned]
