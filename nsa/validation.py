@@ -179,8 +179,8 @@ def validate(model, tokenizer, spec, limit: int | None, sites, sizes: list[int],
             done += 1
             report(done / steps, f"validation: random draw {seed + 1}/{config.draws} for {cluster}")
         drop, m_drop = 100.0 * (base - acc), margin_drop(base_margins, margins)
-        mean, std = _mean_std(random_drops)
-        m_mean, m_std = _mean_std(random_margins)
+        mean, std = mean_std(random_drops)
+        m_mean, m_std = mean_std(random_margins)
         p_margin, p_acc = permutation_p(m_drop, random_margins), permutation_p(drop, random_drops)
         validated = p_margin < config.level
         summary[cluster] = {"labelled_drop": drop, "random_drop_mean": mean, "random_drop_std": std,
@@ -205,7 +205,7 @@ def _empty_cluster() -> dict:
             "p_margin": None, "p_accuracy": None, "validated": None, "n_examples": 0}
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation."""
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1))

@@ -534,6 +534,65 @@ VALIDATION_HELP = {
 }
 
 
+# --- restore (the validation's mirror image: pruned neurons put back, `nsa.restore`) -------------------------
+RESTORE_COLUMNS = ["examples", "n", "dense_accuracy", "pruned_accuracy", "restored_accuracy", "lost_points",
+                   "recovered_points", "recovered_fraction", "random_recovered_mean", "random_recovered_std",
+                   "p_accuracy", "margin_lost", "margin_recovered", "margin_recovered_fraction",
+                   "random_margin_recovered_mean", "random_margin_recovered_std", "p_margin"]
+
+
+def restore_table(result: dict) -> pd.DataFrame:
+    """One row per example set of a restore result (all examples; the cluster's class): accuracy in %, points
+    lost and recovered, the recovered fraction (None when nothing was lost), random mean ± sd, p-values; margins
+    in nats."""
+    return pd.DataFrame([{c: s.get(c) for c in RESTORE_COLUMNS} for s in result["scopes"].values()],
+                        columns=RESTORE_COLUMNS)
+
+
+RESTORE_HELP = {
+    "lost_points": "dense − pruned accuracy (points) on these examples, from the run's records",
+    "recovered_points": "restored − pruned accuracy (points): what putting the neurons back recovers",
+    "recovered_fraction": "recovered / lost (empty when pruning lost nothing)",
+    "random_recovered_mean": "the same for random pruned neurons of the same layers (mean over the draws)",
+    "p_accuracy": "one-sided permutation p-value: (1 + draws recovering at least as much) / (1 + draws)",
+    "margin_recovered": "gold margin (log p(gold) − max log p(other), nats) recovered, mean over the examples",
+}
+
+
+def ablation_and_restore(val: pd.DataFrame, result: dict) -> tuple[str, str]:
+    """The two sentences of the side-by-side view: what removing a cluster's neurons from the dense model costs
+    (the run's validation) and what putting its pruned neurons back into the pruned model recovers (`result`)."""
+    sel = result["selection"]
+    cluster, n = sel.get("cluster"), sel["n_neurons"]
+    row = val[val["cluster"] == cluster] if cluster is not None else val.iloc[0:0]
+    if cluster is None:
+        ablation = "ablation: the run's validation ablates clusters, not hand-picked neurons."
+    elif row.empty or row.iloc[0]["labelled_drop"] is None or pd.isna(row.iloc[0]["labelled_drop"]):
+        ablation = f"ablation: the run's validation has no ablation of {cluster!r}."
+    else:
+        r = row.iloc[0]
+        ablation = (f"ablation: removing the {int(r['n_neurons'])} top {cluster!r} neurons from the dense model costs "
+                    f"{r['labelled_drop']:.2f} accuracy points (random {r['random_drop_mean']:.2f} ± "
+                    f"{r['random_drop_std']:.2f}, p = {r['p_accuracy']:.3g}) and {r['labelled_margin_drop']:.3g} "
+                    f"nats of gold margin (random {r['random_margin_drop_mean']:.2g} ± "
+                    f"{r['random_margin_drop_std']:.2g}, p = {r['p_margin']:.3g}) on {int(r['n_examples'])} examples.")
+    s = result["scopes"]["all"]
+    what = f"the {n} pruned {cluster!r} neurons" if cluster else f"the {n} chosen neurons"
+    skipped = len(sel.get("never_pruned") or [])
+    left = f" ({skipped} of the top neurons were never pruned)" if skipped else ""
+    if s["lost_points"] > 0:
+        gain = (f"recovers {s['recovered_points']:.2f} of the {s['lost_points']:.2f} points pruning lost "
+                f"({100 * s['recovered_fraction']:.0f}%)")
+    else:
+        gain = f"changes accuracy by {s['recovered_points']:+.2f} points (pruning lost nothing here)"
+    restore = (f"restore: putting {what}{left} back into the pruned model {gain}; random pruned neurons "
+               f"{s['random_recovered_mean']:+.2f} ± {s['random_recovered_std']:.2f} (p = {s['p_accuracy']:.3g}); "
+               f"gold margin {s['margin_recovered']:+.3g} nats vs {s['random_margin_recovered_mean']:+.2g} ± "
+               f"{s['random_margin_recovered_std']:.2g} (p = {s['p_margin']:.3g}); n = {s['n']} examples, "
+               f"{result['draws']} draws.")
+    return ablation, restore
+
+
 # --- accuracy ----------------------------------------------------------------------------------------------
 GROUP_ORDER = ["sentiment", "inference", "qa", "lm", "custom"]
 

@@ -1,6 +1,6 @@
 """Semantics (NSA) page: influential words per class (editable, re-run with the edited list), the neuron–word
-matrix of the top neurons, clusters with the activation lost after pruning, and the validation (labelled vs
-random ablation)."""
+matrix of the top neurons, clusters with the activation lost after pruning, the validation (labelled vs
+random ablation) and, beside it, the restore experiment (pruned neurons put back vs random ones, `nsa.restore`)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,7 +8,9 @@ import streamlit as st
 
 from nsa.artifacts import Entry
 from nsa.atomic import write_json
+from nsa.errors import NSAError
 from nsa.jobs.submit import Submission
+from nsa.restore import MIN_DRAWS, RestoreConfig, cached_restore, restore_run
 from nsa_app import figures, results, ui
 
 
@@ -66,7 +68,12 @@ def body() -> None:
     val = results.validation(run_id)
     if val.empty:
         st.info("No validation recorded for this run (NSA ran without it, or nothing was labelled).")
-        return
+    else:
+        validation_view(run_id, summary, val)
+    restore_view(run_id, summary, val)
+
+
+def validation_view(run_id: str, summary: dict, val: pd.DataFrame) -> None:
     cols = st.columns(2)
     with cols[0]:
         ui.chart(figures.validation_margin_bars(val), "validation-margin")
@@ -84,6 +91,67 @@ def body() -> None:
         else:
             st.warning(r.verdict + ": treat these labels as unvalidated")
     ui.table(val.drop(columns=["verdict"]), f"validation-{run_id}", help=results.VALIDATION_HELP)
+
+
+def restore_config(summary: dict) -> RestoreConfig | None:
+    """The restore experiment the widgets ask for (None, with the reason shown, when they ask for nothing valid)."""
+    per = (summary.get("neurons") or {}).get("per_cluster") or {}
+    clusters = [c for c, v in per.items() if v.get("labelled")]
+    cols = st.columns([2, 3, 1, 1])
+    mode = cols[0].radio("Neurons", ["an NSA cluster", "hand-picked"], key="restore-mode",
+                         index=0 if clusters else 1, horizontal=True)
+    draws = cols[2].number_input("Random draws", min_value=MIN_DRAWS, value=MIN_DRAWS, step=1, key="restore-draws")
+    seed = cols[3].number_input("Seed", min_value=0, value=0, step=1, key="restore-seed")
+    try:
+        if mode == "an NSA cluster":
+            if not clusters:
+                st.info("No cluster has labelled neurons in this run: pick neurons by hand.")
+                return None
+            cluster = cols[1].selectbox("Cluster", clusters, key="restore-cluster")
+            return RestoreConfig(cluster=cluster, draws=int(draws), seed=int(seed))
+        text = cols[1].text_input("Neurons (LAYER:INDEX, comma-separated)", key="restore-neurons")
+        if not text.strip():
+            st.caption("Type the neurons to put back, e.g. 0:3, 2:40.")
+            return None
+        return RestoreConfig(neurons=text, draws=int(draws), seed=int(seed))
+    except NSAError as err:
+        st.warning(str(err))
+        return None
+
+
+def restore_view(run_id: str, summary: dict, val: pd.DataFrame) -> None:
+    """Ablation (the run's validation) and restore side by side. The restore runs here, in this process, with a
+    progress bar, and is cached (`nsa.restore.restore_run`): the next visit shows it at once."""
+    st.subheader("Ablation and restore: the same neurons, both ways")
+    st.caption("Ablation removes a cluster's top labelled neurons from the dense model; restore puts the pruned "
+               "ones back into the pruned model (their dense rows of gate/up and column of down) and re-scores the "
+               "run's example set. Both are compared with random neurons of the same layers (permutation p-value).")
+    config = restore_config(summary)
+    if config is None:
+        return
+    try:
+        result = cached_restore(run_id, config)
+    except NSAError as err:
+        st.warning(str(err))
+        return
+    if result is None:
+        n = summary.get("n_examples")
+        st.caption(f"Not computed yet: {1 + config.draws} scorings of the {n} examples with the run's model.")
+        if not st.button("Run restore", key="restore-run", type="primary"):
+            return
+        bar = st.progress(0.0, text="restore: loading the model")
+        result = restore_run(run_id, config, progress=lambda e: bar.progress(min(max(e.fraction, 0.0), 1.0),
+                                                                             text=(e.message or "restore")[:90]))
+        bar.empty()
+    ablation, restore = results.ablation_and_restore(val, result)
+    cols = st.columns(2)
+    with cols[0]:
+        st.markdown("**Ablation (dense model)**")
+        st.write(ablation)
+    with cols[1]:
+        st.markdown("**Restore (pruned model)**")
+        st.write(restore)
+    ui.table(results.restore_table(result), f"restore-{run_id}", help=results.RESTORE_HELP)
 
 
 ui.guarded(body)
