@@ -315,8 +315,13 @@ def summary_of(inputs: NSAInputs, dense: DenseNSA, model_id: str, model_key: str
     }
     if pruned is not None:
         shift = pruned["neuron_shift"]
+        removed = [r for r in shift if r["removed"]]
         out["pruned_neurons"] = {"labelled": len(pruned["pruned_labels"]),
-                                 "labels_surviving": sum(r["label_survives"] for r in shift)}
+                                 "labels_surviving": sum(r["label_survives"] for r in shift),
+                                 # dense-labelled neurons the pruning removed whole (each listed in neuron_shift)
+                                 "labelled_removed": len(removed),
+                                 "labelled_removed_per_cluster": {c: sum(r["cluster"] == c for r in removed)
+                                                                  for c in inputs.selection.clusters}}
     return out
 
 

@@ -44,7 +44,8 @@ def neuron_shift(dense: Matching, pruned: Matching, fractions: dict[tuple[int, i
                      "shift_abs": p_mean - d_mean, "shift_rel": (p_mean - d_mean) / abs(d_mean) if d_mean else None,
                      "dense_selectivity": d_sel, "pruned_selectivity": p_sel, "pruned_words": top,
                      "label_overlap": overlap, "label_survives": overlap >= 0.5,
-                     "frac_in": frac.get("frac_in"), "frac_out": frac.get("frac_out")})
+                     "frac_in": frac.get("frac_in"), "frac_out": frac.get("frac_out"),
+                     "removed": bool(frac.get("removed", False))})
     return rows
 
 

@@ -91,7 +91,9 @@ def ablate(sites, neurons: dict[int, list[int]]) -> Iterator[None]:
 
 # --- pruned fractions -------------------------------------------------------------------------------------
 def pruned_fractions(masks: dict) -> list[dict]:
-    """One row per MLP neuron: layer, index, frac_in, frac_out (1 = pruned in the masks)."""
+    """One row per MLP neuron: layer, index, frac_in, frac_out (1 = pruned in the masks), and `removed`: every
+    weight of the neuron is masked (its input rows and its output column), so the neuron computes nothing: what
+    a structured method (FLAP, ShortGPT) does to whole channels, and what very high unstructured sparsity can do."""
     try:
         sites = mlp_sites_from_names(list(masks))
     except Exception as err:  # noqa: BLE001 - the engine's own message says what did not match
@@ -109,7 +111,8 @@ def pruned_fractions(masks: dict) -> list[dict]:
         else:
             frac_in = frac_out * 0
         for i, (fi, fo) in enumerate(zip(frac_in.tolist(), frac_out.tolist())):
-            rows.append({"layer": int(site.layer), "index": i, "frac_in": fi, "frac_out": fo})
+            rows.append({"layer": int(site.layer), "index": i, "frac_in": fi, "frac_out": fo,
+                         "removed": bool(fi >= 1.0 and fo >= 1.0)})
     return rows
 
 

@@ -298,7 +298,7 @@ def mask_jaccard(run_a: str, run_b: str) -> pd.DataFrame:
 
 # --- neurons -----------------------------------------------------------------------------------------------
 def neurons(run_id: str) -> pd.DataFrame:
-    """One row per MLP neuron: layer, index, frac_in, frac_out, frac (mean of both), label, cluster, shift_abs,
+    """One row per MLP neuron: layer, index, frac_in, frac_out, frac (mean of both), removed, label, cluster, shift_abs,
     shift_rel, label_survives (NSA columns empty for unlabelled neurons or runs without NSA)."""
     base = read_table(run_id, "neurons.parquet")
     labels = read_table(run_id, "nsa/neuron_labels.jsonl", required=False)
@@ -318,6 +318,8 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
         return _JOIN_CACHE[key]
     df = base[["layer", "index", "frac_in", "frac_out"]].copy()
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
+    # runs made before the column existed: the same rule as nsa.neurons.pruned_fractions
+    df["removed"] = base["removed"] if "removed" in base else (df["frac_in"] >= 1) & (df["frac_out"] >= 1)
     df["label"], df["cluster"] = "", ""
     df["selectivity"] = np.nan
     df["shift_abs"], df["shift_rel"] = np.nan, np.nan
@@ -339,6 +341,7 @@ NEURON_HELP = {
     "frac_in": "share of the neuron's row in the input weights (gate and up) that pruning removed",
     "frac_out": "share of the neuron's column in the down projection that pruning removed",
     "frac": "mean of frac_in and frac_out",
+    "removed": "every weight of the neuron is pruned (a structured method removed it): it computes nothing",
     "label": "NSA label: the neuron's most selective significant words (cluster: words)",
     "selectivity": "the label's top selectivity: (mean activation on the word − mean over all text tokens) / sd",
     "shift_abs": "pruned − dense mean activation on its label words",

@@ -37,6 +37,12 @@ def body() -> None:
                f"{neurons.get('labelled')} of {neurons.get('examined')} neurons labelled · "
                + ", ".join(f"{c}: {v.get('labelled')}" for c, v in (neurons.get("per_cluster") or {}).items()))
     ui.chance_banner(summary)
+    removed = (summary.get("pruned_neurons") or {}).get("labelled_removed")
+    if removed:
+        per = (summary.get("pruned_neurons") or {}).get("labelled_removed_per_cluster") or {}
+        st.info(f"Pruning removed {removed} labelled neurons whole ("
+                + ", ".join(f"{c}: {n}" for c, n in per.items()) + "): they compute nothing in the pruned model. "
+                "The neuron table's `removed` column lists them.")
 
     st.subheader("Influential words per class")
     words = results.words(run_id)

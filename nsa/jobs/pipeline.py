@@ -161,7 +161,7 @@ def _prune(ctx: Context, report: Report) -> None:
 def _neurons(ctx: Context, report: Report) -> None:
     rows = pruned_fractions(_masks(ctx))
     with atomic_path(ctx.out / "neurons.parquet") as tmp:
-        pd.DataFrame(rows, columns=["layer", "index", "frac_in", "frac_out"]).to_parquet(tmp, index=False)
+        pd.DataFrame(rows, columns=["layer", "index", "frac_in", "frac_out", "removed"]).to_parquet(tmp, index=False)
     report(1.0, f"{len(rows)} neurons")
 
 

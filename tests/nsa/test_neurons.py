@@ -96,3 +96,18 @@ def test_tokens_of_words_uses_offsets():
     offsets = [(0, 0), (0, 3), (3, 4), (4, 10), (10, 12)]
     spans = [("the", 0, 3), ("awful", 5, 10), ("x", 11, 12)]
     assert tokens_of_words(offsets, spans) == [[1], [3], [4]]
+
+
+def test_a_neuron_is_removed_only_when_all_its_weights_are(tiny):
+    """`removed`: the neuron's gate and up rows and its down column all masked; one kept weight keeps it."""
+    model, _ = tiny
+    masks = {n: torch.zeros(p.shape, dtype=torch.uint8) for n, p in model.named_parameters()
+             if p.dim() == 2 and ".mlp." in n}
+    for name in ("gate_proj", "up_proj"):
+        masks[f"model.layers.0.mlp.{name}.weight"][[3, 5]] = 1
+    masks["model.layers.0.mlp.down_proj.weight"][:, [3, 5]] = 1
+    masks["model.layers.0.mlp.down_proj.weight"][0, 5] = 0  # neuron 5 keeps one output weight
+    rows = {(r["layer"], r["index"]): r for r in pruned_fractions(masks)}
+    assert rows[(0, 3)]["removed"] and rows[(0, 3)]["frac_in"] == rows[(0, 3)]["frac_out"] == 1.0
+    assert not rows[(0, 5)]["removed"] and rows[(0, 5)]["frac_in"] == 1.0
+    assert sum(r["removed"] for r in rows.values()) == 1
