@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nsa.cli import attribute, demo, evaluate, jobs, prune, study
+from nsa.cli import attribute, demo, evaluate, jobs, neurons, prune, study
 from nsa.errors import NSAError
 from pruners import PruneError
 
-COMMANDS = (prune, evaluate, attribute, jobs, study, demo)
+COMMANDS = (prune, evaluate, attribute, jobs, neurons, study, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
