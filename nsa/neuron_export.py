@@ -44,8 +44,13 @@ def neuron_table(run_id: str) -> pd.DataFrame:
     row or column)."""
     df = pd.read_parquet(run_artifact(run_id, "neurons.parquet"))[["layer", "index", "frac_in", "frac_out"]]
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
-    df["removed"] = (df["frac_in"] >= 1.0) | (df["frac_out"] >= 1.0)
+    df["removed"] = removed(df["frac_in"], df["frac_out"])
     return df
+
+
+def removed(frac_in, frac_out):
+    """A neuron is removed when its whole row (gate/up, fc1) or its whole column (down, fc2) is pruned."""
+    return (frac_in >= 1.0) | (frac_out >= 1.0)
 
 
 def has_nsa(run_id: str) -> bool:

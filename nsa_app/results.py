@@ -28,6 +28,7 @@ from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
 from nsa.jobs import runs
 from nsa.jobs.runs import ArtifactError, artifact_sha, existing_run, run_artifact, run_entry
+from nsa.neuron_export import removed
 from nsa.validation import above_chance, loss_accuracy_correlation
 from pruners import PruneError, get_method
 from pruners.families import mlp_sites_from_names
@@ -292,6 +293,7 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
         return _JOIN_CACHE[key]
     df = base[["layer", "index", "frac_in", "frac_out"]].copy()
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
+    df["removed"] = removed(df["frac_in"], df["frac_out"])
     df["label"], df["cluster"] = "", ""
     df["selectivity"] = np.nan
     df["shift_abs"], df["shift_rel"] = np.nan, np.nan
@@ -313,6 +315,8 @@ NEURON_HELP = {
     "frac_in": "share of the neuron's row in the input weights (gate and up) that pruning removed",
     "frac_out": "share of the neuron's column in the down projection that pruning removed",
     "frac": "mean of frac_in and frac_out",
+    "removed": "the whole row (gate/up) or column (down) is pruned: a structured run removed the neuron",
+    "auc": "detection AUC of the label on held-out examples (computed on request; see the method above the table)",
     "label": "NSA label: the neuron's most selective significant words (cluster: words)",
     "selectivity": "the label's top selectivity: (mean activation on the word − mean over all text tokens) / sd",
     "shift_abs": "pruned − dense mean activation on its label words",
