@@ -80,7 +80,7 @@ def main() -> None:
     model, tok = timed("load SmolLM2 (converted folder)", lambda: load_model(run.model))
     timed("logit lens, one neuron, dense + pruned", lambda: top_tokens(model, tok, 15, 100, run.masks, run.weights))
     for layer in (0, 15, 29):
-        data = timed(f"on-demand examples, layer {layer} neuron 7 (64 task prompts + 32 × 64 general tokens, dense "
+        data = timed(f"on-demand examples, layer {layer} neuron 7 (20 task prompts + 12 × 48 general tokens, dense "
                      "+ pruned)", lambda: NE.compute(model, tok, run, layer, 7))
     print(f"  tokens read per model: {data['histogram']['n_tokens']}")
     labels = len(LQ._labels(rid))

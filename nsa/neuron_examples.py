@@ -44,9 +44,9 @@ _LAYER = re.compile(r"\.(?:layers|h|layer)\.(\d+)\.")
 
 @dataclass(frozen=True)
 class ExampleSettings:
-    n_task: int = 64
-    n_general: int = 32
-    general_tokens: int = 64
+    n_task: int = 20  # sized for one SmolLM2-135M neuron in a few CPU seconds (bench/bench_neurons.py)
+    n_general: int = 12
+    general_tokens: int = 48
     top: int = 5
     bins: int = 40
     batch_size: int = 16
