@@ -141,6 +141,11 @@ def _emit(progress: Callable | None, fraction: float, message: str) -> None:
 
 
 # --- sources ------------------------------------------------------------------------------------------
+def source_texts(source: str, path: str | Path | None = None) -> list[str]:
+    """The texts of a calibration source (a registered source or task, or a file): what its windows are cut from."""
+    return _source_texts(source, path)[0]
+
+
 def _source_texts(source: str, path: str | Path | None) -> tuple[list[str], str]:
     """The source's texts and a string identifying exactly which file (for the cache key)."""
     if path is not None:

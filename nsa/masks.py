@@ -5,7 +5,9 @@ its one model in place; nothing here copies a model.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -75,6 +77,31 @@ def apply_masks(model, masks: dict, weights: dict | None = None):
         return apply_result(model, masks, weights)
     except PruneError as err:
         raise NSAError(str(err)) from None
+
+
+@contextlib.contextmanager
+def masks_applied(model, masks: dict, weights: dict | None = None,
+                  only: Callable[[str], bool] | None = None) -> Iterator[None]:
+    """The pruned model for the duration of the block, the dense one again after it: the masks (and weights) of
+    the parameters `only` accepts (all by default) are applied in place and every touched parameter is restored
+    from a copy on exit (a bias the weights added is removed). For an app that keeps one dense model per process
+    and shows pruned activations beside dense ones; the caller serialises concurrent use of the model."""
+    check_masks(model, masks)
+    keep = only or (lambda _name: True)
+    masks = {n: m for n, m in masks.items() if keep(n)}
+    weights = {n: w for n, w in (weights or {}).items() if keep(n)}
+    params = dict(model.named_parameters())
+    saved = {n: params[n].detach().clone() for n in set(masks) | set(weights) if n in params}
+    added = [n for n in weights if n not in params]
+    try:
+        apply_masks(model, masks, weights)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+        for name in added:
+            setattr(model.get_submodule(name.rpartition(".")[0]), "bias", None)
 
 
 def check_mask_files(masks: str | None, weights: str | None) -> None:

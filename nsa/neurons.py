@@ -90,10 +90,14 @@ def ablate(sites, neurons: dict[int, list[int]]) -> Iterator[None]:
 
 
 # --- pruned fractions -------------------------------------------------------------------------------------
+def removed(frac_in, frac_out):
+    """A neuron computes nothing when its whole input rows (gate and up, or fc1) or its whole output column (down,
+    or fc2) are pruned: what a structured method (FLAP, ShortGPT) does to whole channels. Scalars or arrays."""
+    return (frac_in >= 1.0) | (frac_out >= 1.0)
+
+
 def pruned_fractions(masks: dict) -> list[dict]:
-    """One row per MLP neuron: layer, index, frac_in, frac_out (1 = pruned in the masks), and `removed`: every
-    weight of the neuron is masked (its input rows and its output column), so the neuron computes nothing: what
-    a structured method (FLAP, ShortGPT) does to whole channels, and what very high unstructured sparsity can do."""
+    """One row per MLP neuron: layer, index, frac_in, frac_out (1 = pruned in the masks), removed (`removed`)."""
     try:
         sites = mlp_sites_from_names(list(masks))
     except Exception as err:  # noqa: BLE001 - the engine's own message says what did not match
@@ -112,7 +116,7 @@ def pruned_fractions(masks: dict) -> list[dict]:
             frac_in = frac_out * 0
         for i, (fi, fo) in enumerate(zip(frac_in.tolist(), frac_out.tolist())):
             rows.append({"layer": int(site.layer), "index": i, "frac_in": fi, "frac_out": fo,
-                         "removed": bool(fi >= 1.0 and fo >= 1.0)})
+                         "removed": bool(removed(fi, fo))})
     return rows
 
 

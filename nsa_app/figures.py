@@ -58,6 +58,19 @@ def mask_pattern(masks: dict[str, np.ndarray], width: int = 64) -> go.Figure:
     return _layout(fig, "Mask pattern (red = pruned)", height=max(250, 6 * len(labels) + 100))
 
 
+def activation_histogram(hist: dict) -> go.Figure:
+    """Token activations of one neuron, dense vs pruned, on shared bins (from `nsa.neuron_examples.histogram`)."""
+    edges = np.asarray(hist["edges"])
+    mids, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0]) if len(edges) > 1 else 1.0
+    fig = go.Figure([go.Bar(x=mids, y=hist[role], width=width, name=role, marker_color=ROLE_COLORS[role],
+                            opacity=0.55, hovertemplate=f"{role}<br>activation ≈ %{{x:.3f}}<br>%{{y}} tokens"
+                                                        "<extra></extra>") for role in ("dense", "pruned")])
+    fig.update_layout(barmode="overlay")
+    fig.update_xaxes(title="activation")
+    fig.update_yaxes(title="tokens")
+    return _layout(fig, f"Activation over {hist.get('n_tokens', 0)} tokens of the examples, dense vs pruned", 320)
+
+
 def accuracy_bars(df: pd.DataFrame, color: str = "model", title: str = "Accuracy per task") -> go.Figure:
     """Grouped bars per task with 95% interval error bars."""
     fig = go.Figure()

@@ -27,7 +27,8 @@ from nsa.artifacts import Entry, read_jsonl
 from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
 from nsa.jobs import runs
-from nsa.jobs.runs import run_entry
+from nsa.jobs.runs import ArtifactError, artifact_sha, existing_run, run_artifact, run_entry
+from nsa.neurons import removed
 from nsa.validation import above_chance, loss_accuracy_correlation
 from pruners import PruneError, get_method
 from pruners.families import mlp_sites_from_names
@@ -36,24 +37,9 @@ HIST_BINS = 20
 _LAYER_RE = re.compile(r"\.(?:layers|h|layer|decoder\.layers)\.(\d+)\.(.+?)(?:\.weight)?$")
 
 
-class ArtifactError(NSAError):
-    """A run artifact is missing or fails verification. `recompute` says whether re-submitting the run's spec
-    rebuilds it."""
-
-    def __init__(self, run_id: str, artifact: str, problem: str, recompute: bool = True):
-        self.run_id, self.artifact, self.recompute = run_id, artifact, recompute
-        hint = " Recompute the run to rebuild it." if recompute else ""
-        super().__init__(f"run {run_id}: {artifact} {problem}.{hint}")
-
-
-# --- locating and verifying runs -----------------------------------------------------------------------------
 def run_folder(run_id: str) -> Path:
     """The folder of a complete run (the one locator, `nsa.jobs.runs.run_entry`)."""
-    entry = run_entry(run_id)
-    if not entry.folder.is_dir():
-        raise ArtifactError(run_id, "run folder", "does not exist (deleted, or the job has not finished)",
-                            recompute=False)
-    return entry.folder
+    return existing_run(run_id).folder
 
 
 def _stamp(path: Path) -> tuple[str, int, int]:
@@ -62,17 +48,7 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _artifact(run_id: str, rel: str, required: bool = True) -> Path | None:
-    """The artifact's path once it verifies against the run's manifest (size always, hash once per process);
-    a missing optional artifact is None; a changed one is an ArtifactError (never shown as if it were real)."""
-    entry = run_entry(run_folder(run_id).name)
-    problem = entry.file_problem(rel)
-    if problem in ("not in the manifest", "missing"):
-        if required:
-            raise ArtifactError(run_id, rel, "is missing")
-        return None
-    if problem is not None:
-        raise ArtifactError(run_id, rel, f"failed verification ({problem})")
-    return entry.path(rel)
+    return run_artifact(run_id, rel, required)
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,8 +184,7 @@ def split_param(name: str) -> tuple[int, str] | None:
 
 
 def _source_sha(run_id: str, rel: str) -> str:
-    _artifact(run_id, rel)  # verified before anything is derived from it
-    return run_entry(run_id).manifest()["files"][rel]["sha256"]
+    return artifact_sha(run_id, rel)  # verified before anything is derived from it
 
 
 def _derived(table: str, sources: dict[str, tuple[str, str]], build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
@@ -318,8 +293,7 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
         return _JOIN_CACHE[key]
     df = base[["layer", "index", "frac_in", "frac_out"]].copy()
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
-    # runs made before the column existed: the same rule as nsa.neurons.pruned_fractions
-    df["removed"] = base["removed"] if "removed" in base else (df["frac_in"] >= 1) & (df["frac_out"] >= 1)
+    df["removed"] = removed(df["frac_in"], df["frac_out"])  # also for runs made before the column existed
     df["label"], df["cluster"] = "", ""
     df["selectivity"] = np.nan
     df["shift_abs"], df["shift_rel"] = np.nan, np.nan
@@ -341,7 +315,9 @@ NEURON_HELP = {
     "frac_in": "share of the neuron's row in the input weights (gate and up) that pruning removed",
     "frac_out": "share of the neuron's column in the down projection that pruning removed",
     "frac": "mean of frac_in and frac_out",
-    "removed": "every weight of the neuron is pruned (a structured method removed it): it computes nothing",
+    "removed": "the neuron's whole input rows (gate and up) or its whole output column (down) are pruned: it "
+               "computes nothing (a structured method removed it)",
+    "auc": "detection AUC of the label on held-out examples (computed on request; see the method above the table)",
     "label": "NSA label: the neuron's most selective significant words (cluster: words)",
     "selectivity": "the label's top selectivity: (mean activation on the word − mean over all text tokens) / sd",
     "shift_abs": "pruned − dense mean activation on its label words",

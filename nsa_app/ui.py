@@ -141,10 +141,12 @@ def pick_run(label: str = "Run", key: str = "run") -> str | None:
 
 
 # --- downloads ---------------------------------------------------------------------------------------------
-def table(df: pd.DataFrame, name: str, help: dict[str, str] | None = None, **kwargs: Any) -> Any:
-    """A dataframe (numbers rounded for reading, columns explained by `help`) with a CSV download of exactly
-    what is shown, formula-injection safe."""
+def table(df: pd.DataFrame, name: str, help: dict[str, str] | None = None, links: dict[str, str] | None = None,
+          **kwargs: Any) -> Any:
+    """A dataframe (numbers rounded for reading, columns explained by `help`; `links`: {column of URLs: text shown
+    for each}) with a CSV download of exactly what is shown, formula-injection safe."""
     config = {col: st.column_config.Column(col, help=text) for col, text in (help or {}).items() if col in df}
+    config |= {col: st.column_config.LinkColumn(col, display_text=text) for col, text in (links or {}).items()}
     out = st.dataframe(readable(df), hide_index=True, column_config=config or None, **kwargs)
     st.download_button("Download CSV", safe_csv(df).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv-{name}", on_click="ignore")

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nsa.cli import attribute, demo, evaluate, jobs, prune, restore, study
+from nsa.cli import attribute, demo, evaluate, jobs, neurons, prune, restore, study
 from nsa.errors import NSAError
 from pruners import PruneError
 
-COMMANDS = (prune, evaluate, attribute, restore, jobs, study, demo)
+COMMANDS = (prune, evaluate, attribute, restore, jobs, neurons, study, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,45 @@ def run_entry(run_id: str) -> Entry:
     return Entry(runs_dir() / check_run_id(run_id), "run", RUN_FORMAT)
 
 
+class ArtifactError(NSAError):
+    """A run artifact is missing or fails verification. `recompute` says whether re-submitting the run's spec
+    rebuilds it."""
+
+    def __init__(self, run_id: str, artifact: str, problem: str, recompute: bool = True):
+        self.run_id, self.artifact, self.recompute = run_id, artifact, recompute
+        hint = " Recompute the run to rebuild it." if recompute else ""
+        super().__init__(f"run {run_id}: {artifact} {problem}.{hint}")
+
+
+def existing_run(run_id: str) -> Entry:
+    """The entry of a complete run folder; `ArtifactError` (a sentence) for an unknown or unfinished id."""
+    entry = run_entry(run_id)
+    if not entry.folder.is_dir():
+        raise ArtifactError(run_id, "run folder", "does not exist (deleted, or the job has not finished; list the "
+                            "runs with `python -m nsa runs`)", recompute=False)
+    return entry
+
+
+def run_artifact(run_id: str, rel: str, required: bool = True) -> Path | None:
+    """The artifact's path once it verifies against the run's manifest (size always, hash once per process);
+    a missing optional artifact is None; a changed one is an `ArtifactError` (never read as if it were real)."""
+    entry = existing_run(run_id)
+    problem = entry.file_problem(rel)
+    if problem in ("not in the manifest", "missing"):
+        if required:
+            raise ArtifactError(run_id, rel, "is missing")
+        return None
+    if problem is not None:
+        raise ArtifactError(run_id, rel, f"failed verification ({problem})")
+    return entry.path(rel)
+
+
+def artifact_sha(run_id: str, rel: str) -> str:
+    """The sha256 the run's manifest records for a verified artifact (what derived entries are keyed by)."""
+    run_artifact(run_id, rel)
+    return run_entry(run_id).manifest()["files"][rel]["sha256"]
+
+
 def run_dir(run_id: str) -> Path:
     return run_entry(run_id).folder
 

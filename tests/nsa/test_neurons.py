@@ -99,15 +99,19 @@ def test_tokens_of_words_uses_offsets():
 
 
 def test_a_neuron_is_removed_only_when_all_its_weights_are(tiny):
-    """`removed`: the neuron's gate and up rows and its down column all masked; one kept weight keeps it."""
+    """`removed`: the neuron's whole gate and up rows, or its whole down column, masked (it then computes
+    nothing); one kept weight on each side keeps it."""
     model, _ = tiny
     masks = {n: torch.zeros(p.shape, dtype=torch.uint8) for n, p in model.named_parameters()
              if p.dim() == 2 and ".mlp." in n}
-    for name in ("gate_proj", "up_proj"):
-        masks[f"model.layers.0.mlp.{name}.weight"][[3, 5]] = 1
-    masks["model.layers.0.mlp.down_proj.weight"][:, [3, 5]] = 1
-    masks["model.layers.0.mlp.down_proj.weight"][0, 5] = 0  # neuron 5 keeps one output weight
+    gate, up = masks["model.layers.0.mlp.gate_proj.weight"], masks["model.layers.0.mlp.up_proj.weight"]
+    down = masks["model.layers.0.mlp.down_proj.weight"]
+    gate[[3, 5]] = 1
+    up[[3, 5]] = 1                # neuron 3: whole input rows
+    down[:, [5, 7]] = 1           # neuron 7: whole output column
+    gate[5, 0] = down[0, 5] = 0   # neuron 5 keeps one input weight and one output weight
     rows = {(r["layer"], r["index"]): r for r in pruned_fractions(masks)}
-    assert rows[(0, 3)]["removed"] and rows[(0, 3)]["frac_in"] == rows[(0, 3)]["frac_out"] == 1.0
-    assert not rows[(0, 5)]["removed"] and rows[(0, 5)]["frac_in"] == 1.0
-    assert sum(r["removed"] for r in rows.values()) == 1
+    assert rows[(0, 3)]["removed"] and rows[(0, 3)]["frac_in"] == 1.0 and rows[(0, 3)]["frac_out"] == 0.0
+    assert rows[(0, 7)]["removed"] and rows[(0, 7)]["frac_out"] == 1.0
+    assert not rows[(0, 5)]["removed"] and rows[(0, 5)]["frac_in"] > 0.99 and rows[(0, 5)]["frac_out"] > 0.99
+    assert sum(r["removed"] for r in rows.values()) == 2
