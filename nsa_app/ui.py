@@ -2,6 +2,7 @@
 run picker, CSV/HTML downloads, and the local-path allow list."""
 from __future__ import annotations
 
+import os
 import runpy
 import traceback
 from pathlib import Path
@@ -12,8 +13,10 @@ import streamlit as st
 
 from nsa.datasets import get_task
 from nsa.errors import NSAError
+from nsa.jobs.executors import Executor, LocalExecutor, RayExecutor, cluster_status
 from nsa.jobs.spec import JobSpec, parse_spec
 from nsa.jobs.submit import Submission, submit
+from nsa.jobs.worker import running_worker
 from nsa.models import hub_suggestions, local_models, looks_local
 from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, allowed_dirs, models_dir
 from nsa_app.figures import to_html, to_png
@@ -238,8 +241,28 @@ def checked_spec(spec_dict: dict) -> JobSpec:
     return spec
 
 
-def submit_checked(spec_dict: dict) -> Submission:
-    return submit(checked_spec(spec_dict))
+def submit_checked(spec_dict: dict, executor: Executor | None = None) -> Submission:
+    return submit(checked_spec(spec_dict), executor=executor)
+
+
+def executor_picker(prefix: str = "") -> Executor:
+    """Where new jobs run: this machine, or a Ray cluster when one is reachable (`RAY_ADDRESS`, or one started
+    here with `ray start --head`), with its nodes and free resources. Asking takes about a second at most and
+    is remembered a few seconds; no cluster is ever started from a page. A worker already running keeps its own
+    executor (its queue is shared), which the caption says."""
+    status = cluster_status(os.environ.get("RAY_ADDRESS"), timeout_s=1.0)
+    worker = running_worker()
+    busy = f" A {worker['executor']} worker is running now: new jobs join its queue." if worker else ""
+    if not status.reachable:
+        why = ("no Ray cluster runs on this machine and RAY_ADDRESS is not set" if status.address is None
+               else status.message)
+        st.caption(f"Jobs run on this machine ({why}; start one with `ray start --head` to offer it here).{busy}")
+        return LocalExecutor()
+    choices = ["this machine", f"Ray cluster at {status.address}"]
+    choice = st.radio("Run jobs on", choices, horizontal=True, key=f"{prefix}executor",
+                      help="the Ray executor runs each job as a Ray task on a node of the cluster (docs/jobs.md)")
+    st.caption(f"Ray cluster: {status.message}.{busy}")
+    return LocalExecutor() if choice == choices[0] else RayExecutor(address=status.address)
 
 
 def demo_ready() -> bool:

@@ -158,10 +158,10 @@ def nsa_options() -> dict:
     return options
 
 
-def launch(spec_dict: dict) -> None:
+def launch(spec_dict: dict, executor) -> None:
     if not spec_dict.get("model"):
         raise NSAError("give a model: demo, a model of NSA_MODELS_DIR, a local folder or .gguf file, or a hub id")
-    sub = ui.submit_checked(spec_dict)
+    sub = ui.submit_checked(spec_dict, executor)
     if sub.already_done:
         st.success(f"This spec already ran (run {sub.run_id}): opening its results.")
         st.switch_page("pages/neurons.py", query_params={"run": sub.run_id})
@@ -170,6 +170,14 @@ def launch(spec_dict: dict) -> None:
 
 
 STATUSES = ["queued", "running", "done", "failed", "cancelled"]
+
+
+def _where(placement: dict | None) -> str:
+    """The node a job ran or runs on (Ray jobs record it; the local worker runs jobs on this machine)."""
+    if not placement:
+        return "this machine"
+    gpus = f", GPU {placement['gpus']}" if placement.get("gpus") else ""
+    return f"{placement.get('executor', '')}: {placement.get('host', '?')}{gpus}"
 
 
 def _duration(job) -> str:
@@ -196,8 +204,9 @@ def queue() -> None:
     labelled = [(j, results.describe(j.spec, tags.get(j.id, ""))) for j in jobs]
     labelled = [(j, label) for j, label in labelled if (not shown_status or j.status in shown_status)
                 and (not text or text in label.lower() or text in j.id)]
+    placed = store.placements()
     rows = [{"run": j.id[:8], "status": j.status, "stage": j.stage, "progress": float(j.progress or 0.0),
-             "duration": _duration(j), "what": label, "message": (j.error or j.message or "").splitlines()[0][:120]
+             "duration": _duration(j), "where": _where(placed.get(j.id)), "what": label, "message": (j.error or j.message or "").splitlines()[0][:120]
              if (j.error or j.message) else ""} for j, label in labelled]
     st.dataframe(pd.DataFrame(rows), hide_index=True, key="queue-table",
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
@@ -250,9 +259,10 @@ def body() -> None:
     st.title("Run a pruning job")
     with st.container(border=True):
         spec = build_spec()
+        executor = ui.executor_picker()
         if st.button("Launch", type="primary", key="launch"):
             try:
-                launch(spec)
+                launch(spec, executor)
             except NSAError as err:
                 ui.show_error(err)
         with st.expander("Job spec"):

@@ -71,9 +71,9 @@ def define_form() -> None:
     st.rerun()
 
 
-def launch(plan: runner.StudyPlan) -> None:
+def launch(plan: runner.StudyPlan, executor=None) -> None:
     if plan.to_run:
-        runner.submit(plan)
+        runner.submit(plan, executor=executor)
 
 
 PAPER = ("Ding et al. (2025), \"Neuron Semantic Attribution\" (arXiv:2503.01542): pruning hurts sentiment "
@@ -175,9 +175,10 @@ def main() -> None:
         st.error(str(err))
         return
     if plan.to_run:
+        executor = ui.executor_picker("study-")
         if st.button("Run the missing runs" if plan.finished else "Run", type="primary", key="run-study"):
             try:
-                launch(plan)
+                launch(plan, executor)
                 st.caption("Queued: progress and results update below as runs finish.")
             except NSAError as err:
                 st.error(str(err))

@@ -26,6 +26,7 @@ from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
 from nsa.study import load_study, runner
 from tests.conftest import ROOT
+from tests.pages.helpers import no_errors, page
 
 DEMO_STUDY = """\
 name: ray-demo
@@ -308,3 +309,19 @@ axes:
     assert set(runner.run_here(plan).values()) == {"done"}
     assert all(runs.is_complete(r.run_id) for r in plan.runs)
     assert {i: runs.run_entry(i).manifest()["created"] for i in finished} == stamps  # not recomputed
+
+
+def test_run_and_study_pages_offer_a_reachable_cluster(cache, local_ray, monkeypatch):
+    """With RAY_ADDRESS naming a live cluster, the Run and Study pages offer it beside this machine and show its
+    free resources; choosing it submits through the Ray executor (the queue records where jobs run)."""
+    address = local_ray.get_runtime_context().gcs_address
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setenv("NSA_NO_WORKER", "1")  # queue only: no worker is started by the page
+    at = page("pages/run.py")
+    no_errors(at)
+    radio = at.radio(key="executor")
+    assert radio.options == ["this machine", f"Ray cluster at {address}"]
+    assert any("Ray cluster: 1 node, " in c.value and "of 2 CPUs" in c.value for c in at.caption)
+    study = page("pages/study.py", study="demo")
+    no_errors(study)
+    assert study.radio(key="study-executor").options[1] == f"Ray cluster at {address}"
