@@ -78,7 +78,9 @@ def _logits(model, cols: torch.Tensor) -> torch.Tensor:
 
 
 class _Vocab:
-    """Token id -> the text it decodes to (decoded once per id)."""
+    """Token id -> the text it decodes to (decoded once per id). A token that is part of a multi-byte character
+    decodes to U+FFFD alone; it is shown as the tokenizer's own piece instead (e.g. `<0xE2>`, `Ã¢`), which can
+    be told apart from other such tokens."""
 
     def __init__(self, tokenizer):
         self.tokenizer, self.known = tokenizer, {}
@@ -86,8 +88,17 @@ class _Vocab:
     def __call__(self, ids: list[int]) -> list[str]:
         for i in ids:
             if i not in self.known:
-                self.known[i] = self.tokenizer.decode([i]) if self.tokenizer is not None else str(i)
+                self.known[i] = self._text(i)
         return [self.known[i] for i in ids]
+
+    def _text(self, i: int) -> str:
+        if self.tokenizer is None:
+            return str(i)
+        text = self.tokenizer.decode([i])
+        if "\ufffd" in text:
+            piece = self.tokenizer.convert_ids_to_tokens(i)
+            return piece if isinstance(piece, str) and piece else f"<token {i}>"
+        return text
 
 
 def _ranked(vocab: _Vocab, logits: torch.Tensor, k: int) -> dict:

@@ -148,12 +148,23 @@ def table(df: pd.DataFrame, name: str, help: dict[str, str] | None = None, links
           **kwargs: Any) -> Any:
     """A dataframe (numbers rounded for reading, columns explained by `help`; `links`: {column of URLs: text shown
     for each}) with a CSV download of exactly what is shown, formula-injection safe."""
-    config = {col: st.column_config.Column(col, help=text) for col, text in (help or {}).items() if col in df}
+    config = {col: st.column_config.NumberColumn(col, format="%.3e", help=(help or {}).get(col))
+              for col in df.columns if _tiny_or_huge(df[col])}  # p-values shown as 2.000e-45, not 0.0000…0002
+    config |= {col: st.column_config.Column(col, help=text) for col, text in (help or {}).items()
+               if col in df and col not in config}
     config |= {col: st.column_config.LinkColumn(col, display_text=text) for col, text in (links or {}).items()}
     out = st.dataframe(readable(df), hide_index=True, column_config=config or None, **kwargs)
     st.download_button("Download CSV", safe_csv(df).encode(), file_name=f"{name}.csv", mime="text/csv",
                        key=f"csv-{name}", on_click="ignore")
     return out
+
+
+def _tiny_or_huge(column: pd.Series) -> bool:
+    """A float column whose values need scientific notation to be read (some nonzero |v| < 1e-3 or ≥ 1e6)."""
+    if not pd.api.types.is_float_dtype(column):
+        return False
+    magnitudes = column.abs()[column.notna() & (column != 0)]
+    return bool(len(magnitudes)) and bool((magnitudes < 1e-3).any() or (magnitudes >= 1e6).any())
 
 
 def readable(df: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

@@ -9,7 +9,7 @@ from nsa.jobs import runs
 from nsa.jobs.pipeline import run_job
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa_app import figures, results
+from nsa_app import figures, results, ui
 from nsa_app.ui import readable, safe_csv
 from tests.conftest import small_spec
 from tests.pages.helpers import no_errors, page
@@ -127,6 +127,9 @@ def test_10_numbers_are_rounded_and_lists_are_text():
     shown = readable(df)
     assert shown["mean_diff"].tolist() == [-1e-18, 0.1235] and shown["words"].tolist() == ["a, b", "c"]
     assert shown["selectivity"].tolist() == ["1.19", "2"]
+    # a q-value of 2e-45 is shown in scientific notation, not as 0.000…0002 (a page's float format)
+    assert ui._tiny_or_huge(pd.Series([2e-45, 0.5])) and ui._tiny_or_huge(pd.Series([3e7]))
+    assert not ui._tiny_or_huge(pd.Series([0.0, 0.25, 12.5])) and not ui._tiny_or_huge(pd.Series(["a"]))
 
 
 def test_10_neuron_page_shows_no_raw_lists(run_ids, cache_env):
