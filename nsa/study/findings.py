@@ -76,10 +76,12 @@ def group_effect(table: pd.DataFrame, focus: str = "sentiment") -> pd.DataFrame:
 
 def _sentence(what: str, mean: float, lo: float, hi: float, n: int, unit: str, holds: str, fails: str,
               positive_only: bool = False) -> str:
-    """"<what> change(s) the drop by +2.3 points [0.4, 4.2] (12 paired cells): <holds>", plainly either way."""
+    """"<what>: the drop differs by +2.3 points, 95% interval [+0.4, +4.2] over 12 paired cells: <holds>", plainly
+    either way. Drops are accuracy fractions (0.023); the sentence speaks in percentage points (2.3)."""
     if n < 2 or lo != lo:
         return f"{what}: {n} {unit}, too few for an interval"
-    shown = f"{what}: the drop differs by {mean:+.1f} points, 95% interval [{lo:+.1f}, {hi:+.1f}] over {n} {unit}"
+    shown = (f"{what}: the drop differs by {100 * mean:+.1f} points, 95% interval [{100 * lo:+.1f}, "
+             f"{100 * hi:+.1f}] over {n} {unit}")
     if lo > 0 or (hi < 0 and not positive_only):
         return f"{shown}: {holds}"
     if hi < 0:

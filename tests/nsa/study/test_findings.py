@@ -31,6 +31,9 @@ def test_calibration_effect_finds_the_gap_only_where_it_is():
     assert effect.loc["wanda", "ci_low"] > 0.15
     assert effect.loc["magnitude", "ci_low"] < 0 < effect.loc["magnitude", "ci_high"]
     assert (effect["n_cells"] == 2 * 3 * 2).all()  # sparsities x seeds x tasks matched pairwise
+    # the verdict speaks in percentage points: a gap of 0.2 in accuracy is about +20 points, not +0.2
+    assert "the drop differs by +20." in effect.loc["wanda", "verdict"] and "interval [+19." in effect.loc["wanda", "verdict"]
+    assert effect.loc["wanda", "verdict"].endswith("the calibration set matters here")
 
 
 def test_group_effect_is_paired_per_run():
