@@ -9,8 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("NSA_SHARED_DIR", ROOT.parent / "shared")).resolve()
-os.environ.setdefault("NSA_DATA_DIR", str(SHARED / "data"))
-os.environ.setdefault("NSA_MODELS_DIR", str(SHARED / "models"))
+# absolute, so a test that changes the working directory still finds them (CI passes ../shared/data, relative)
+os.environ["NSA_DATA_DIR"] = str(Path(os.environ.get("NSA_DATA_DIR") or SHARED / "data").resolve())
+os.environ["NSA_MODELS_DIR"] = str(Path(os.environ.get("NSA_MODELS_DIR") or SHARED / "models").resolve())
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the HF libraries are imported (below)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
