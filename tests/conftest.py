@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from nsa.gguf import convert_gguf  # noqa: E402
 from nsa.jobs.pipeline import run_job  # noqa: E402
+from nsa.jobs.spec import parse_spec  # noqa: E402
 from nsa.study import load_study, runner  # noqa: E402
 from nsa_app.results import list_runs  # noqa: E402
 
@@ -120,8 +121,11 @@ def cache_env(app_cache, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def run_ids(cache_env) -> list[str]:
-    return sorted(list_runs()["run_id"].tolist())
+def run_ids(cache_env, stories_dir) -> list[str]:
+    """The two fixture runs' ids (sorted): by spec, so a test that adds a run to the app cache cannot shift them."""
+    ids = sorted(parse_spec(small_spec(stories_dir, m)).id for m in ("wanda", "magnitude"))
+    assert set(ids) <= set(list_runs()["run_id"]), "the fixture runs are missing from the app cache"
+    return ids
 
 
 TINY_STUDY = """\

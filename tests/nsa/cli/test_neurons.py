@@ -47,7 +47,8 @@ def test_export_jsonl_csv_and_search(run_ids, capsys, tmp_path):
     assert f"respond to '{word}'" in capsys.readouterr().out
 
 
-def test_export_without_nsa_says_so(cache_env, stories_dir, capsys, tmp_path):
+def test_export_without_nsa_says_so(stories_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NSA_CACHE_DIR", str(tmp_path / "cache"))  # its own cache: the shared fixture runs stay two
     rid = run_job({"model": str(stories_dir), "prune": {"method": "magnitude", "sparsity": 0.5}}).name
     assert main(["neurons", rid, "--export", str(tmp_path / "n.csv"), "--no-output-tokens"]) == 0
     err = capsys.readouterr().err
