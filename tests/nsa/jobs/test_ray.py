@@ -208,9 +208,9 @@ def test_killed_ray_worker_is_retried_and_cancel_stops_a_job(cache, long_spec, t
         job = store.get(job_id)
         return job.status == "running" and job.stage == "prune" and job.progress > 0.1 and store.placement(job_id)
 
-    first = wait(lambda: pruning(killed), 120, "the first job to be pruning")
+    first = wait(lambda: pruning(killed), 300, "the first job to be pruning")
     os.kill(first["pid"], signal.SIGKILL)
-    wait(lambda: pruning(cancelled), 120, "the second job to be pruning")
+    wait(lambda: pruning(cancelled), 300, "the second job to be pruning")
     asked = time.time()
     store.cancel(cancelled)
     job = wait(lambda: (j := store.get(cancelled)).status != "running" and j, 15, "the cancel")
