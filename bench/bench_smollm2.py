@@ -170,7 +170,7 @@ def bench_eval(args) -> dict:
 
 
 # --- 3. the app's default job -------------------------------------------------------------------------------
-def app_default_spec(model: str, limit: int = 200, nsamples: int = 32) -> dict:
+def app_default_spec(model: str, limit: int = 200, nsamples: int = 32, validation: bool = True) -> dict:
     """What pages/run.py build_spec gives for a real (non-demo) model when nothing is changed (limit 200,
     calibration 32 x 128; smaller values only for a smoke test)."""
     from nsa.attribution import NSA_OPTIONS
@@ -178,6 +178,8 @@ def app_default_spec(model: str, limit: int = 200, nsamples: int = 32) -> dict:
 
     options = {opt.name: opt.default for opt in get_method("wanda").options}
     nsa_options = {opt.name: opt.default for opt in NSA_OPTIONS if opt.default is not None}  # n_ablate 0 = auto
+    if not validation:  # a variant, not the default: NSA's ablation check (2 x (1 + 20) scorings) left out
+        nsa_options["validation"] = False
     return {"model": model,
             "prune": {"method": "wanda", "sparsity": 0.5, "pattern": "unstructured", "options": options},
             "calibration": {"source": "c4", "nsamples": nsamples, "seqlen": 128, "seed": 0},
@@ -195,7 +197,7 @@ def job_child(args) -> None:
     from nsa.jobs.pipeline import run_job
 
     imports = time.perf_counter() - t_start
-    spec = app_default_spec(str(args.model), args.job_limit, args.job_nsamples)
+    spec = app_default_spec(str(args.model), args.job_limit, args.job_nsamples, not args.job_no_validation)
     stages: list[tuple[str, float]] = []
 
     def progress(event) -> None:
@@ -229,9 +231,11 @@ def bench_job(args) -> dict:
             (tmp / "models").symlink_to(source_models.resolve(), target_is_directory=True)
         env = {**os.environ, "NSA_CACHE_DIR": str(tmp), "NSA_JOB_THREADS": str(args.job_threads)}
         cmd = [sys.executable, __file__, "--job-child", "--job-threads", str(args.job_threads), "--model",
-               str(args.model), "--job-limit", str(args.job_limit), "--job-nsamples", str(args.job_nsamples)]
+               str(args.model), "--job-limit", str(args.job_limit), "--job-nsamples", str(args.job_nsamples)] + \
+            (["--job-no-validation"] if args.job_no_validation else [])
         print(f"\nthe app's default job (SST-2 limit {args.job_limit}, C4 {args.job_nsamples}x128), fresh cache "
               f"{tmp} (models symlinked from {source_models}), "
+              f"{'WITHOUT NSA validation, ' if args.job_no_validation else ''}"
               f"{args.job_threads} torch thread(s); load average {loadavg()}", flush=True)
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
@@ -267,6 +271,8 @@ def main() -> None:
     ap.add_argument("--job-threads", type=int, default=2, help="torch threads of the default job")
     ap.add_argument("--job-limit", type=int, default=200, help="the app's default 200; smaller for a smoke test")
     ap.add_argument("--job-nsamples", type=int, default=32, help="the app's default 32; smaller for a smoke test")
+    ap.add_argument("--job-no-validation", action="store_true",
+                    help="variant: the default job without NSA's validation (its ablation scorings)")
     ap.add_argument("--skip-prune", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--skip-job", action="store_true")
