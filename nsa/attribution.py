@@ -320,8 +320,9 @@ def summary_of(inputs: NSAInputs, dense: DenseNSA, model_id: str, model_key: str
                                  "labels_surviving": sum(r["label_survives"] for r in shift),
                                  # dense-labelled neurons the pruning removed whole (each listed in neuron_shift)
                                  "labelled_removed": len(removed),
+                                 # every cluster a label carries ("mixed" too), so the counts add up to the total
                                  "labelled_removed_per_cluster": {c: sum(r["cluster"] == c for r in removed)
-                                                                  for c in inputs.selection.clusters}}
+                                                                  for c in sorted({r["cluster"] for r in shift})}}
     return out
 
 
