@@ -43,7 +43,13 @@ CSV_COLUMNS = ["layer", "index", "label", "cluster", "words", "top_selectivity",
 def neuron_table(run_id: str) -> pd.DataFrame:
     """One row per MLP neuron: layer, index, frac_in, frac_out, frac, removed (a structured run removed its whole
     row or column)."""
-    df = pd.read_parquet(run_artifact(run_id, "neurons.parquet"))[["layer", "index", "frac_in", "frac_out"]]
+    return fraction_columns(pd.read_parquet(run_artifact(run_id, "neurons.parquet")))
+
+
+def fraction_columns(base: pd.DataFrame) -> pd.DataFrame:
+    """layer, index, frac_in, frac_out of a neurons.parquet table, with frac (their mean) and removed (derived
+    again, so runs made before the column existed read the same): what the app's table and the export share."""
+    df = base[["layer", "index", "frac_in", "frac_out"]].copy()
     df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
     df["removed"] = removed(df["frac_in"], df["frac_out"])
     return df

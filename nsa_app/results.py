@@ -28,7 +28,7 @@ from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
 from nsa.jobs import runs
 from nsa.jobs.runs import ArtifactError, artifact_sha, existing_run, run_artifact, run_entry
-from nsa.neurons import removed
+from nsa.neuron_export import fraction_columns
 from nsa.validation import above_chance, loss_accuracy_correlation
 from pruners import PruneError, get_method
 from pruners.families import mlp_sites_from_names
@@ -291,9 +291,7 @@ def _neurons_joined(key: tuple, base, labels, shift) -> pd.DataFrame:
     """The joined table, memoised on the three files' (path, mtime, size)."""
     if key in _JOIN_CACHE:
         return _JOIN_CACHE[key]
-    df = base[["layer", "index", "frac_in", "frac_out"]].copy()
-    df["frac"] = (df["frac_in"] + df["frac_out"]) / 2
-    df["removed"] = removed(df["frac_in"], df["frac_out"])  # also for runs made before the column existed
+    df = fraction_columns(base)
     df["label"], df["cluster"] = "", ""
     df["selectivity"] = np.nan
     df["shift_abs"], df["shift_rel"] = np.nan, np.nan
