@@ -61,6 +61,9 @@ NSA_OPTIONS: tuple[Option, ...] = (  # declared like the pruners' options (one m
            help="labelled neurons ablated per cluster (default: 2% of MLP neurons, at least 10)"),
     Option("seeds", int, 20, min=20, help="random-neuron draws of the validation's null distribution (at least 20)"),
     Option("validation", bool, True, help="the ablation check of the labels"),
+    Option("sequential", bool, True,
+           help="stop a cluster's random draws once its verdict is decided (Besag-Clifford sequential Monte Carlo "
+                "p-value; same validated/not verdict as all draws); off: always every draw"),
     Option("label_at_chance", bool, False,
            help="label neurons even when the dense model is not significantly above chance on the task (its "
                 "labels would describe a model that does not do the task)"),
@@ -146,7 +149,7 @@ class NSAConfig:
 
     def validation_config(self) -> ValidationConfig:
         return ValidationConfig(n_neurons=self.options["n_ablate"], draws=self.options["seeds"],
-                                batch_size=BATCH_SIZE)
+                                batch_size=BATCH_SIZE, sequential=self.options["sequential"])
 
 
 SIGNIFICANCE_NOTE = ("one-sided permutation test of word positions (exact permutation mean/variance of the "

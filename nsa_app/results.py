@@ -482,7 +482,7 @@ def _scalar(v: Any) -> float:
         return 0.0
 
 
-VALIDATION_COLUMNS = ["cluster", "n_neurons", "n_examples", "labelled_margin_drop", "random_margin_drop_mean",
+VALIDATION_COLUMNS = ["cluster", "n_neurons", "n_examples", "draws", "labelled_margin_drop", "random_margin_drop_mean",
                       "random_margin_drop_std", "p_margin", "labelled_drop", "random_drop_mean", "random_drop_std",
                       "p_accuracy", "validated", "verdict"]
 

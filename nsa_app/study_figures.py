@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from nsa.study.results import with_method_labels
+
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 GROUP_COLORS = {"sentiment": "#d62728"}
 
@@ -22,7 +24,8 @@ def accuracy_figure(table: pd.DataFrame, breakpoints: pd.DataFrame | None = None
     from plotly.subplots import make_subplots
 
     task = task or default_task(table)
-    data = spread_uncalibrated(table[table["task"] == task])
+    data = spread_uncalibrated(with_method_labels(table[table["task"] == task]))
+    breakpoints = with_method_labels(breakpoints) if breakpoints is not None else None
     sources = _levels(data, "source")
     fig = make_subplots(rows=1, cols=max(len(sources), 1), shared_yaxes=True,
                         subplot_titles=[f"calibration: {s}" if s else "no calibration" for s in sources] or [""])
@@ -64,7 +67,7 @@ def group_drop_figure(table: pd.DataFrame):
     """Mean accuracy drop per task group at each sparsity, one panel per method."""
     import plotly.express as px
 
-    data = table.assign(group=table["group"].fillna("custom"))
+    data = with_method_labels(table).assign(group=table["group"].fillna("custom"))
     stats = (data.groupby(["method", "sparsity", "group"])["drop"].agg(["mean", "std", "count"]).reset_index()
              .rename(columns={"mean": "drop", "std": "sd"}))
     stats["sd"] = stats["sd"].fillna(0.0)
@@ -81,7 +84,7 @@ def calibration_heatmap(table: pd.DataFrame, task: str | None = None):
     """Mean drop for calibration source × method, one panel per sparsity (all tasks unless `task`)."""
     import plotly.express as px
 
-    data = spread_uncalibrated(table if task is None else table[table["task"] == task])
+    data = spread_uncalibrated(with_method_labels(table if task is None else table[table["task"] == task]))
     sparsities = sorted(data["sparsity"].dropna().unique())
     sources, methods = _levels(data, "source"), _levels(data, "method")
     z = np.full((len(sparsities), len(sources), len(methods)), np.nan)  # [sparsity, source, method]

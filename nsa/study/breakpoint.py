@@ -129,7 +129,7 @@ def table_breakpoints(table, value: str = "accuracy", min_side: int = 2):
     import pandas as pd
 
 
-    keys = [c for c in GRID_COLUMNS if c not in ("sparsity", "seed")] + ["task"]
+    keys = [c for c in GRID_COLUMNS if c not in ("sparsity", "seed") and c in table] + ["task"]
     rows = []
     if table.empty:
         return pd.DataFrame(columns=keys + ["breakpoint", "ci_low", "ci_high", "n_seeds"])

@@ -18,17 +18,18 @@ import math
 import numpy as np
 import pandas as pd
 
-from nsa.study.results import GRID_COLUMNS
+from nsa.study.results import GRID_COLUMNS, with_method_labels
 
 
 def calibration_effect(table: pd.DataFrame) -> pd.DataFrame:
     """Drop(source A) − drop(source B) per method, paired over the other grid coordinates and tasks."""
     cols = ["method", "source_a", "source_b", "mean_diff", "ci_low", "ci_high", "n_cells", "drop_a", "drop_b",
             "verdict"]
+    table = with_method_labels(table)
     sources = sorted(table["source"].dropna().unique()) if not table.empty else []
     if len(sources) < 2:
         return _empty(cols, "the study has fewer than two calibration sources")
-    match = [c for c in GRID_COLUMNS if c not in ("source", "method")] + ["task"]
+    match = [c for c in GRID_COLUMNS if c not in ("source", "method") and c in table] + ["task"]
     rows = []
     for method, part in table.groupby("method", sort=False):
         wide = part.pivot_table(index=[c for c in match if part[c].notna().any()], columns="source",
@@ -58,6 +59,7 @@ def group_effect(table: pd.DataFrame, focus: str = "sentiment") -> pd.DataFrame:
     if not (table["group"] != focus).any():
         return _empty(cols, f"the study has only {focus} tasks: add a task of another group (e.g. inference, qa) "
                             "to compare")
+    table = with_method_labels(table)
     flagged = table.assign(is_focus=table["group"] == focus)
     per_run = flagged.groupby(["method", "run_id", "is_focus"])["drop"].mean().unstack("is_focus").dropna()
     others = ", ".join(sorted(table.loc[table["group"] != focus, "group"].unique()))

@@ -18,7 +18,7 @@ from nsa.atomic import write_text
 from nsa.datasets import get_task
 from nsa.errors import NSAError
 
-GRID_COLUMNS = ["model", "method", "pattern", "sparsity", "source", "nsamples", "seqlen", "seed"]
+GRID_COLUMNS = ["model", "method", "pattern", "profile", "sparsity", "source", "nsamples", "seqlen", "seed"]
 COLUMNS = ["run_id", *GRID_COLUMNS, "task", "group", "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
            "dense_accuracy", "drop", "drop_ci_low", "drop_ci_high"]
 
@@ -28,6 +28,7 @@ def run_coordinates(spec: dict) -> dict:
     prune = spec.get("prune") or {}
     calib = spec.get("calibration") or {}
     return {"model": spec.get("model"), "method": prune.get("method"), "pattern": prune.get("pattern"),
+            "profile": prune.get("sparsity_profile") or "uniform",  # OWL and uniform runs never share a row key
             "sparsity": prune.get("sparsity"), "source": calib.get("source"), "nsamples": calib.get("nsamples"),
             "seqlen": calib.get("seqlen"), "seed": calib.get("seed")}
 
@@ -65,9 +66,19 @@ def results_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     for col in ("sparsity", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "dense_accuracy", "drop",
                 "drop_ci_low", "drop_ci_high"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
-    order = [c for c in ["model", "method", "source", "pattern", "nsamples", "seqlen", "sparsity", "seed", "task"]
+    order = [c for c in ["model", "method", "profile", "source", "pattern", "nsamples", "seqlen", "sparsity", "seed", "task"]
              if table[c].notna().any()]
     return table.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+def with_method_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with `method` naming the sparsity profile too ("wanda · owl"), so every curve, finding and figure
+    that groups by method keeps OWL runs apart from uniform ones; uniform runs keep the bare method name."""
+    if table.empty or "profile" not in table:
+        return table
+    profile = table["profile"].fillna("uniform")
+    label = table["method"].where(profile == "uniform", table["method"] + " · " + profile)
+    return table.assign(method=label)
 
 
 def write_csv(table: pd.DataFrame, path: str | Path) -> Path:

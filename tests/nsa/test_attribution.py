@@ -15,7 +15,7 @@ from nsa.errors import NSAError
 from nsa.evaluation import dense_entry, dense_evaluation, load_records, run_evaluation
 from nsa.masks import apply_masks, load_masks, load_weights
 from nsa.neurons import ablate, neuron_sites
-from nsa.validation import task_scores
+from nsa.validation import ValidationConfig, sequential_p, task_scores, validate
 from pruners.io import save_result
 
 LIMIT = 48
@@ -88,13 +88,18 @@ def test_tables_and_summary_contract(run):
     for cluster, entry in summary["validation"].items():
         assert set(entry) == {"labelled_drop", "random_drop_mean", "random_drop_std", "n_neurons",
                               "labelled_margin_drop", "random_margin_drop_mean", "random_margin_drop_std",
-                              "p_margin", "p_accuracy", "validated", "n_examples"}
+                              "p_margin", "p_accuracy", "validated", "n_examples", "draws"}
         detail = summary["validation_detail"]["clusters"][cluster]
-        if entry["n_neurons"]:  # the verdict states the test, its p-value and the number of draws
-            assert f"p = {entry['p_margin']:.3g}, 20 draws" in detail["verdict"]
+        if entry["n_neurons"]:  # the verdict states the test, its p-value and the number of draws made
+            made = entry["draws"]
+            assert f"p = {entry['p_margin']:.3g}, {made} draws" in detail["verdict"]
             assert entry["validated"] == (entry["p_margin"] < 0.05)
-            assert entry["p_margin"] == (1 + sum(x >= entry["labelled_margin_drop"]
-                                                 for x in detail["random_margin_drops"])) / 21
+            assert len(detail["random_margin_drops"]) == made and 2 <= made <= 20
+            exceed = sum(x >= entry["labelled_margin_drop"] for x in detail["random_margin_drops"])
+            # sequential (the default): stopped at the 2nd random set losing as much (p = 2 / draws made), or
+            # every draw made and the fixed-sample p
+            assert entry["p_margin"] == (exceed / made if made < 20 else (1 + exceed) / 21)
+            assert made == 20 or exceed == 2
     fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     for lab in labels:
@@ -185,7 +190,7 @@ def test_validation_drop_is_the_ablated_accuracy(stories, run):
         acc, _ = task_scores(model, tok, get_task("sst2"), LIMIT, 16, neuron_sites(model), neurons, only)
         assert summary["validation"][cluster]["labelled_drop"] == pytest.approx(100 * (base - acc))
         assert summary["validation"][cluster]["n_examples"] == len(mine)
-        assert len(detail["random_drops"]) == len(detail["random_margin_drops"]) == 20
+        assert len(detail["random_drops"]) == len(detail["random_margin_drops"]) == summary["validation"][cluster]["draws"]
         with ablate(neuron_sites(model), neurons):
             _, after = run_evaluation(model, tok, "sst2", limit=LIMIT)
         lost = [(b["loglik"][g] - b["loglik"][1 - g]) - (a["loglik"][g] - a["loglik"][1 - g])
@@ -193,6 +198,49 @@ def test_validation_drop_is_the_ablated_accuracy(stories, run):
         # the by-hand pass batches all examples, the validation only the class's: padding differs (~1e-6 nats)
         assert summary["validation"][cluster]["labelled_margin_drop"] == pytest.approx(sum(lost) / len(lost),
                                                                                         abs=1e-4)
+
+
+def test_sequential_validation_gives_the_verdict_of_every_draw(stories, run):
+    """Besag-Clifford stopping: the same verdict as all 20 draws, its draws the first of the full test's, and a
+    cluster whose labels do not hold is decided in fewer scorings. Labels drawn at random here (every neuron of
+    layer 1 'negative'), so the random controls often lose as much: the early stop is exercised for real."""
+    model, tok = stories
+    summary, out, _, dense = run
+    sites = neuron_sites(model)
+    sizes = [172] * 5
+    labels = [{"layer": 1, "index": i, "cluster": "negative", "top_selectivity": float(i % 7)} for i in range(30)]
+    labels += [{"layer": lab["layer"], "index": lab["index"], "cluster": lab["cluster"],
+                "top_selectivity": lab["top_selectivity"]} for lab in _read(out / "neuron_labels.jsonl")
+               if lab["cluster"] == "positive"]
+    config = dict(n_neurons=5, draws=20, batch_size=16)
+    seq, seq_detail = validate(model, tok, "sst2", LIMIT, sites, sizes, labels, ["negative", "positive"], dense,
+                               ValidationConfig(**config))
+    full, full_detail = validate(model, tok, "sst2", LIMIT, sites, sizes, labels, ["negative", "positive"], dense,
+                                 ValidationConfig(**config, sequential=False))
+    stopped = 0
+    for cluster in ("negative", "positive"):
+        s, f = seq[cluster], full[cluster]
+        if not f["n_neurons"]:
+            continue
+        assert s["validated"] == f["validated"] and f["draws"] == 20
+        drops = full_detail["clusters"][cluster]["random_margin_drops"]
+        assert seq_detail["clusters"][cluster]["random_margin_drops"] == drops[:s["draws"]]
+        assert s["labelled_margin_drop"] == f["labelled_margin_drop"]
+        if s["draws"] < 20:
+            stopped += 1
+            assert not s["validated"] and s["p_margin"] == 2 / s["draws"] >= 0.1
+            assert "stopped after" in seq_detail["clusters"][cluster]["verdict"]
+        else:
+            assert s["p_margin"] == f["p_margin"]
+    assert stopped >= 1  # the random 'negative' labels were decided early
+
+
+def test_sequential_p_value():
+    """h / l at the h-th exceedance before the last draw; the fixed-sample p when every draw was made."""
+    assert sequential_p(1.0, [0.5, 2.0, 0.1, 1.5], draws=20, stop_after=2) == 2 / 4
+    assert sequential_p(1.0, [0.5] * 19 + [2.0], draws=20, stop_after=2) == 2 / 21
+    assert sequential_p(1.0, [0.5] * 20, draws=20, stop_after=2) == 1 / 21
+    assert sequential_p(1.0, [2.0, 2.0], draws=20, stop_after=None) == 3 / 3
 
 
 def test_masks_of_another_model_are_refused(stories, tiny, tmp_path):
