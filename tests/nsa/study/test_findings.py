@@ -57,3 +57,19 @@ def test_t_interval():
     lo, hi = t_interval(np.array([1.0, 2.0, 3.0]))
     assert lo == pytest.approx(2 - 4.302653 * 1 / np.sqrt(3), rel=1e-5) and hi == pytest.approx(4 - lo)
     assert np.isnan(t_interval(np.array([1.0]))[0])
+
+
+def test_owl_runs_are_their_own_method_in_every_finding():
+    """A sparsity-profile axis: OWL and uniform Wanda runs differ only in `profile`; the findings keep them apart
+    ("wanda · owl") instead of averaging them into one method."""
+    table = _table(calib_gap=0.0, sentiment_gap=0.1)
+    wanda = table[table["method"] == "wanda"]
+    owl = wanda.assign(profile="owl", run_id=wanda["run_id"] + "-owl",
+                       drop=wanda["drop"] + np.where(wanda["group"] == "sentiment", 0.2, 0.0))
+    both = pd.concat([table.assign(profile="uniform"), owl], ignore_index=True)
+    effect = group_effect(both).set_index("method")
+    assert set(effect.index) == {"wanda", "wanda · owl", "magnitude"}
+    assert effect.loc["wanda", "mean_diff"] == pytest.approx(0.1, abs=0.01)
+    assert effect.loc["wanda · owl", "mean_diff"] == pytest.approx(0.3, abs=0.01)
+    assert (effect["n_runs"] == 2 * 2 * 3).all()  # never pooled
+    assert set(calibration_effect(both)["method"]) == {"wanda", "wanda · owl", "magnitude"}

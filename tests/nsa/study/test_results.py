@@ -40,7 +40,7 @@ def test_table_matches_the_run_folders(tiny_study):
         assert row.drop == pytest.approx(row.dense_accuracy - row.accuracy)
         assert row.drop_ci_low <= row.drop <= row.drop_ci_high
         assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
-        assert (row.method, row.source, row.seed, row.nsamples) == ("wanda", "sst2", 0, 4)
+        assert (row.method, row.source, row.seed, row.nsamples, row.profile) == ("wanda", "sst2", 0, 4, "uniform")
 
 
 def test_csv_round_trip(tiny_study, tmp_path):
