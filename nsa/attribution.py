@@ -46,7 +46,8 @@ from nsa.words import SELECTORS, WordConfig, WordSelection, read_word_file, sele
 from pruners import PruneError
 from pruners.options import Option, check_section, resolve_options
 
-DENSE_FORMAT = 5  # 4: shared evaluation records, permutation-tested validation; 5: chance check
+DENSE_FORMAT = 6  # 4: shared evaluation records, permutation-tested validation; 5: chance check; 6: top-example
+#                  ties to the lower example index, sequential validation
 WORDS_FORMAT = 1
 BATCH_SIZE = 16
 

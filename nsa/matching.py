@@ -152,11 +152,15 @@ class Accumulator:
         if self.top_m:
             masked = acts.float().masked_fill(~b["mask"][..., None], -math.inf)
             ex_max = masked.amax(dim=1)  # [batch, n]
-            vals = torch.cat([self.top_val[layer], ex_max], 0)
+            vals = torch.cat([self.top_val[layer], ex_max], 0)  # [top_m + batch, n]
             idx = torch.cat([self.top_idx[layer], b["index"][:, None].expand_as(ex_max)], 0)
-            top = vals.topk(self.top_m, dim=0)
-            self.top_val[layer] = top.values
-            self.top_idx[layer] = idx.gather(0, top.indices)
+            # ties (common: prompts that open alike share their first text token's activation exactly) go to
+            # the lower example index, whatever the batching or order: sort by index, then stably by value
+            by_index = idx.argsort(dim=0, stable=True)
+            vals, idx = vals.gather(0, by_index), idx.gather(0, by_index)
+            top = vals.argsort(dim=0, descending=True, stable=True)[: self.top_m]
+            self.top_val[layer] = vals.gather(0, top)
+            self.top_idx[layer] = idx.gather(0, top)
 
     def state(self) -> dict:
         """Tensors for caching (safetensors)."""
@@ -184,6 +188,15 @@ def padded(batch: list[Encoded], device):
     return ids.to(device), att.to(device)
 
 
+def by_length(encoded: list[Encoded], batch_size: int) -> list[list[Encoded]]:
+    """Batches of similar length (longest first, ties in the given order), as the harness batches: padding in
+    one batch is then a few tokens instead of the longest prompt's. Every token's activation is its own (right
+    padding, causal attention), so results do not depend on the order; SST-2's 200 review prompts pad to 6,128
+    tokens this way against 10,160 in file order (5,738 real)."""
+    order = sorted(encoded, key=lambda e: -len(e.ids))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def stream(model, encoded: list[Encoded], sites, sizes: list[int], n_words: int, batch_size: int,
            top_m: int = 0, progress: Callable | None = None, message: str = "matching") -> Accumulator:
     """Run every encoded prompt through `model` once, accumulating the running sums."""
@@ -193,14 +206,14 @@ def stream(model, encoded: list[Encoded], sites, sizes: list[int], n_words: int,
     acc = Accumulator(sizes, n_words, top_m, device)
     was_training = model.training
     model.eval()
+    done = 0
     with torch.no_grad(), capture(sites, acc):
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start:start + batch_size]
+        for batch in by_length(encoded, batch_size):
             ids, att = padded(batch, device)
             acc.start_batch(batch, ids.shape[1], device)
             model.base_model(input_ids=ids, attention_mask=att, use_cache=False)  # no lm_head: only MLPs are read
+            done += len(batch)
             if progress is not None:
-                done = min(start + batch_size, len(encoded))
                 progress(ProgressEvent(done / len(encoded), f"{message} {done}/{len(encoded)} prompts", message))
     model.train(was_training)
     return acc
@@ -372,9 +385,7 @@ def token_activations(model, sites, by_index: dict[int, Encoded], wanted: dict[i
     columns = {layer: torch.tensor(idx, device=device) for layer, idx in kept.items()}
     column_of = {(layer, n): k for layer, idx in kept.items() for k, n in enumerate(idx)}
     out: dict[tuple[int, int, int], list[float]] = {}
-    need = sorted(wanted)
-    for start in range(0, len(need), batch_size):
-        batch = [by_index[i] for i in need[start:start + batch_size]]
+    for batch in by_length([by_index[i] for i in sorted(wanted)], batch_size):
         captured: dict[int, object] = {}
         ids, att = padded(batch, device)
         with torch.no_grad(), capture(sites, lambda layer, a: captured.__setitem__(

@@ -42,8 +42,14 @@ def test_stream_is_exact_and_independent_of_batching(tiny):
     sizes = layer_sizes(sites)
     a = M.stream(model, encoded, sites, sizes, len(WORDS), batch_size=1, top_m=3).state()
     b = M.stream(model, encoded, sites, sizes, len(WORDS), batch_size=4, top_m=3).state()
+    c = M.stream(model, encoded[::-1], sites, sizes, len(WORDS), batch_size=3, top_m=3).state()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[key], c[key], rtol=1e-5, atol=1e-5)  # nor on the order of the prompts
+    for layer in range(len(sizes)):  # tied maxima (prompts opening alike) go to the lower example index
+        vals, idx = a[f"top_val.{layer}"], a[f"top_idx.{layer}"]
+        tied = (vals[:-1] == vals[1:]) & (idx[1:] >= 0)
+        assert (idx[:-1][tied] < idx[1:][tied]).all()
     # brute force on stored activations (fine at this size)
     s1 = torch.zeros(sizes[1], dtype=torch.float64)
     wsum = torch.zeros(len(WORDS), sizes[1], dtype=torch.float64)
