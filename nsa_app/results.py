@@ -552,7 +552,8 @@ def ablation_and_restore(val: pd.DataFrame, result: dict) -> tuple[str, str]:
                     f"{r['labelled_drop']:.2f} accuracy points (random {r['random_drop_mean']:.2f} ± "
                     f"{r['random_drop_std']:.2f}, p = {r['p_accuracy']:.3g}) and {r['labelled_margin_drop']:.3g} "
                     f"nats of gold margin (random {r['random_margin_drop_mean']:.2g} ± "
-                    f"{r['random_margin_drop_std']:.2g}, p = {r['p_margin']:.3g}) on {int(r['n_examples'])} examples.")
+                    f"{r['random_margin_drop_std']:.2g}, p = {r['p_margin']:.3g}) on {int(r['n_examples'])} examples"
+                    + (f", {int(r['draws'])} random draws." if pd.notna(r.get("draws")) else "."))
     s = result["scopes"]["all"]
     what = f"the {n} pruned {cluster!r} neurons" if cluster else f"the {n} chosen neurons"
     skipped = len(sel.get("never_pruned") or [])
