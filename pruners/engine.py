@@ -188,5 +188,7 @@ def _aux_view(aux: dict, name: str, conv1d: bool) -> torch.Tensor | None:
 
 
 def _versions() -> dict:
+    """Library versions and torch's CPU thread count: reductions (activation norms, Hessians) sum in a
+    thread-dependent order, which moves near-ties in the scores (see docs/pruning.md, Reproducibility)."""
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "torch_threads": torch.get_num_threads()}
