@@ -16,7 +16,7 @@ from nsa.jobs import runs
 from nsa.jobs.spec import load_spec
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa.jobs.worker import BEAT_S, recover, run_in_process
+from nsa.jobs.worker import BEAT_S, job_threads, recover, run_in_process
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
 
 def _run_here(store, job_id: str) -> str:
     """Run the claimed job in this process, beating its heartbeat from a thread (loading can be silent)."""
-    torch.set_num_threads(int(os.environ.get("NSA_JOB_THREADS", torch.get_num_threads())))
+    torch.set_num_threads(job_threads(torch.get_num_threads()))
     stop = threading.Event()
 
     def beat() -> None:

@@ -48,6 +48,23 @@ POLL_S = 0.5
 STALE_S = float(os.environ.get("NSA_JOB_STALE_S", "60"))
 MAX_ATTEMPTS = 2  # a job interrupted by a dead worker is run once more, then failed
 KILL_GRACE_S = 3.0
+
+
+def job_threads(default: int) -> int:
+    """Torch threads of a job: `NSA_JOB_THREADS` when set, else `default` (torch's own count, the machine's cores).
+
+    The local worker runs one job at a time, so by default a job uses every core (on 2 cores the default SmolLM2
+    job takes 4.1 min with 2 threads against about 6 with 1). Set NSA_JOB_THREADS=1 beside other busy processes:
+    oversubscribed threads can run several times slower. The count is recorded in stats.json, because it can move
+    masks at exact ties (docs/pruning.md).
+    """
+    raw = os.environ.get("NSA_JOB_THREADS", "").strip()
+    if not raw:
+        return max(1, int(default))
+    if not raw.isdigit() or int(raw) < 1:
+        raise NSAError(f"NSA_JOB_THREADS={raw!r} is not a positive whole number of threads: set it to e.g. 1 or 2, "
+                       "or unset it to use every core")
+    return int(raw)
 OOM_HINT = ("GPU out of memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
             "evaluate.limit, use dtype float16/bfloat16, or run on a larger GPU (device: cpu works too, slowly)")
 HOST_OOM_HINT = ("out of host memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
@@ -218,6 +235,7 @@ def _host() -> str:
 def run_worker(store: JobStore | None = None, once: bool = False, idle_exit_s: float | None = None,
                log: Callable[[str], None] = print) -> int:
     """Run queued jobs until the queue is empty (`once`), idle for `idle_exit_s`, or forever; returns #jobs."""
+    job_threads(1)  # a bad NSA_JOB_THREADS is refused here, before any job is claimed
     store = store or JobStore()
     pid = os.getpid()
     done = 0
@@ -311,10 +329,9 @@ def child_main(job_id: str, store_path: str, worker_pid: int | None = None) -> N
     _die_with_parent()
     if worker_pid is not None:
         _die_with_worker(worker_pid)
-    threads = int(os.environ.get("NSA_JOB_THREADS", "1"))
     import torch
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(job_threads(torch.get_num_threads()))
     store = JobStore(store_path)
     job = store.get(job_id)
     if job is None or job.status != "running":

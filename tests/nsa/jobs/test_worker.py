@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nsa.errors import NSAError
 from nsa.jobs import runs
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa.jobs.worker import ensure_worker, worker_running
+from nsa.jobs.worker import ensure_worker, job_threads, run_worker, worker_running
 from tests.conftest import ROOT
 
 
@@ -166,3 +167,17 @@ def test_job_that_raises_fails_with_its_message(cache, stories_dir, wait, tmp_pa
     assert "status: failed" in shown.stdout and "Traceback" in shown.stdout
     wait(lambda: not worker_running(), 30, "the idle worker to exit")
     assert "job " + bad + ": failed" in (cache / "logs" / "worker.log").read_text()
+
+
+def test_job_threads_default_every_core_and_bad_values_refused(monkeypatch):
+    """A job uses every core unless NSA_JOB_THREADS says otherwise; a bad value is a sentence, not a crash."""
+    monkeypatch.delenv("NSA_JOB_THREADS", raising=False)
+    assert job_threads(2) == 2
+    monkeypatch.setenv("NSA_JOB_THREADS", " 1 ")
+    assert job_threads(2) == 1
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("NSA_JOB_THREADS", bad)
+        with pytest.raises(NSAError, match="NSA_JOB_THREADS=.*positive whole number"):
+            job_threads(2)
+        with pytest.raises(NSAError, match="positive whole number"):
+            run_worker(once=True)  # refused before the store is opened or a job claimed
