@@ -37,6 +37,7 @@ NSA_MISSING = ("run {run} has no NSA tables: the export holds every neuron's pru
 CSV_COLUMNS = ["layer", "index", "label", "cluster", "words", "top_selectivity", "detection_auc", "detection_auc_lo",
                "detection_auc_hi", "pruned_detection_auc", "pos_str", "neg_str", "pruned_pos_str", "pruned_neg_str",
                "frac_in", "frac_out", "frac", "removed", "n_examples"]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a CSV cell starting so is run by spreadsheets: quoted with '
 
 
 # --- the run's neuron table --------------------------------------------------------------------------------
@@ -247,14 +248,15 @@ def csv_rows(records: list[dict]) -> list[dict]:
 
 
 def export_text(records: list[dict], suffix: str) -> str:
-    """The records as JSONL or as CSV text (a text cell starting like a spreadsheet formula gets a leading ')."""
+    """The records as JSONL or as CSV text (a text cell starting like a spreadsheet formula gets a leading ', the
+    starts `nsa_app.ui.safe_csv` quotes in the app's other downloads)."""
     if suffix == ".jsonl":
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in csv_rows(records):
-        writer.writerow({k: ("'" + v if isinstance(v, str) and v.startswith(("=", "+", "-", "@")) else v)
+        writer.writerow({k: ("'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
                          for k, v in row.items()})
     return buf.getvalue()
 

@@ -48,7 +48,7 @@ def body() -> None:
     words = results.words(run_id)
     view = words[[c for c in ("word", "cluster", "score", "frequency") if c in words.columns]]
     edited = st.data_editor(view, num_rows="dynamic", hide_index=True, key="words-editor")
-    st.download_button("Download CSV", view.to_csv(index=False).encode(), "words.csv", "text/csv",
+    st.download_button("Download CSV", ui.safe_csv(view).encode(), "words.csv", "text/csv",
                        key="csv-words", on_click="ignore")
     if st.button("Re-run NSA with these words", key="rerun-words"):
         sub = rerun_with_words(run_id, edited)
