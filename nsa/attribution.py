@@ -12,7 +12,8 @@ records of the task's example set) and never reloads a model or evaluates the sa
   losses, and the examples whose correctness changed according to the evaluation records.
 
 `attribute` chains them for a single model and masks (the `nsa attribute` command); a job's pipeline calls the
-parts itself around its prune stage. Outputs (`write_outputs`, columns in docs/nsa.md):
+parts itself around its prune stage. Outputs (`nsa.evaluation.write_outputs(out_dir, summary, tables)`, columns
+in docs/nsa.md):
 
   words.jsonl         word, cluster, score, frequency, occurrences
   neuron_labels.jsonl one row per labelled neuron (layer, index, label, cluster, words, selectivity, ...)
@@ -36,7 +37,7 @@ from nsa import matching as M
 from nsa.artifacts import Entry, read_json, read_jsonl
 from nsa.atomic import write_json, write_jsonl
 from nsa.errors import NSAError
-from nsa.evaluation import task_fingerprint
+from nsa.evaluation import task_fingerprint, write_outputs
 from nsa.masks import apply_masks, check_masks
 from nsa.matching import MatchConfig
 from nsa.neurons import layer_sizes, neuron_sites, pruned_fractions
@@ -338,15 +339,6 @@ def tables_of(inputs: NSAInputs, dense: DenseNSA, pruned: dict | None) -> dict[s
     return tables
 
 
-def write_outputs(out_dir: str | Path, tables: dict[str, list[dict]], summary: dict) -> None:
-    """Every table as `<name>.jsonl` plus summary.json, each written atomically."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, rows in tables.items():
-        write_jsonl(out / f"{name}.jsonl", rows)
-    write_json(out / "summary.json", summary)
-
-
 def attribute(model, tokenizer, config: NSAConfig, model_id: str, model_key: str, dense_records: list[dict],
               masks: dict | None = None, weights: dict | None = None,
               pruned_records: Callable[[], list[dict]] | None = None, out_dir: str | Path | None = None,
@@ -366,7 +358,7 @@ def attribute(model, tokenizer, config: NSAConfig, model_id: str, model_key: str
         pruned = pruned_part(model, inputs, dense, dense_records, pruned_records(), masks, stages)
     summary = summary_of(inputs, dense, model_id, model_key, pruned)
     if out_dir is not None:
-        write_outputs(out_dir, tables_of(inputs, dense, pruned), summary)
+        write_outputs(out_dir, summary, tables_of(inputs, dense, pruned))
     stages.parent(1.0, "attribution done")
     return summary
 

@@ -108,10 +108,12 @@ def run_evaluation(model, tokenizer, tasks, limit: int | None = None, progress: 
     return summary, records
 
 
-def write_outputs(out_dir: str | Path, summary: dict, records: dict[str, list[dict]]) -> None:
+def write_outputs(out_dir: str | Path, summary: dict, tables: dict[str, list[dict]]) -> None:
+    """summary.json plus every table as `<name>.jsonl`, each written atomically (the evaluation's records per
+    task here; NSA's tables in `nsa.attribution`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, rows in records.items():
+    for name, rows in tables.items():
         write_jsonl(out / f"{name}.jsonl", rows)
     write_json(out / "summary.json", summary)
 

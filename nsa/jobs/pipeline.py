@@ -174,7 +174,7 @@ def _nsa(ctx: Context, report: Report) -> None:
     pruned_records = load_records(ctx.out / "eval" / "pruned", task)
     pruned = A.pruned_part(ctx.model, inputs, dense, dense_records, pruned_records, _masks(ctx), Stages(report))
     summary = A.summary_of(inputs, dense, ctx.spec.model, ctx.model_key, pruned)
-    A.write_outputs(ctx.out / "nsa", A.tables_of(inputs, dense, pruned), summary)
+    write_outputs(ctx.out / "nsa", summary, A.tables_of(inputs, dense, pruned))
 
 
 def _has_eval(spec: JobSpec) -> bool:
