@@ -100,8 +100,9 @@ class RunSummary:
     has_nsa: bool
 
 
-def list_runs() -> pd.DataFrame:
-    """One row per run folder with a manifest, newest first (`nsa.jobs.runs.list_runs`)."""
+def runs_table() -> pd.DataFrame:
+    """`nsa.jobs.runs.list_runs` as a table for the pages: one row per run folder with a manifest, newest
+    first."""
     rows = []
     for info in runs.list_runs():
         if info.spec is None or not info.created:

@@ -20,7 +20,7 @@ from nsa.jobs.worker import running_worker
 from nsa.models import hub_suggestions, local_models, looks_local
 from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, allowed_dirs, models_dir
 from nsa_app.figures import to_html, to_png
-from nsa_app.results import ArtifactError, list_runs, run_label, spec
+from nsa_app.results import ArtifactError, run_label, runs_table, spec
 from pruners import PruneError
 
 PAGE_SIZES = (25, 50, 100)
@@ -128,7 +128,7 @@ def chance_banner(summary: dict) -> None:
 # --- runs --------------------------------------------------------------------------------------------------
 def pick_run(label: str = "Run", key: str = "run") -> str | None:
     """Selectbox of complete runs, kept in the URL as `?run=`; None (with a hint) when there is none."""
-    runs = list_runs()
+    runs = runs_table()
     if runs.empty:
         st.info("No finished run yet: launch one on the Run page.")
         return None

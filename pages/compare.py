@@ -11,7 +11,7 @@ from nsa_app import figures, results, ui
 
 def body() -> None:
     st.title("Compare runs")
-    listed = results.list_runs()
+    listed = results.runs_table()
     if len(listed) < 2:
         st.info("Comparing needs at least two finished runs.")
         return

@@ -234,7 +234,7 @@ def queue() -> None:
 
 def manage_runs() -> None:
     """Tag or delete finished runs (the cache's run folders)."""
-    listed = results.list_runs()
+    listed = results.runs_table()
     if listed.empty:
         st.caption("No finished run yet.")
         return

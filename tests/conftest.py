@@ -25,7 +25,7 @@ from nsa.gguf import convert_gguf  # noqa: E402
 from nsa.jobs.pipeline import run_job  # noqa: E402
 from nsa.jobs.spec import parse_spec  # noqa: E402
 from nsa.study import load_study, runner  # noqa: E402
-from nsa_app.results import list_runs  # noqa: E402
+from nsa_app.results import runs_table  # noqa: E402
 
 
 def child_cpu() -> float:
@@ -124,7 +124,7 @@ def cache_env(app_cache, monkeypatch) -> Path:
 def run_ids(cache_env, stories_dir) -> list[str]:
     """The two fixture runs' ids (sorted): by spec, so a test that adds a run to the app cache cannot shift them."""
     ids = sorted(parse_spec(small_spec(stories_dir, m)).id for m in ("wanda", "magnitude"))
-    assert set(ids) <= set(list_runs()["run_id"]), "the fixture runs are missing from the app cache"
+    assert set(ids) <= set(runs_table()["run_id"]), "the fixture runs are missing from the app cache"
     return ids
 
 

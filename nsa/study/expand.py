@@ -11,10 +11,9 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from nsa.errors import NSAError
-from nsa.jobs.runs import is_complete, run_dir
+from nsa.jobs.runs import is_complete
 from nsa.jobs.spec import JobSpec, parse_spec
 from nsa.study.spec import StudySpec
 
@@ -89,10 +88,6 @@ def normalise(spec: dict, coords: dict | None = None) -> JobSpec:
     except NSAError as err:
         where = f"run {', '.join(f'{k}={v}' for k, v in coords.items())}: " if coords else ""
         raise NSAError(f"{where}{err}") from None
-
-
-def run_folder(run_id: str) -> Path:
-    return run_dir(run_id)
 
 
 def is_finished(run_id: str) -> bool:

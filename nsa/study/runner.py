@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from nsa.errors import NSAError
 from nsa.jobs.executors import Executor, LocalExecutor
 from nsa.jobs.executors import start_worker as start_executor_worker
+from nsa.jobs.runs import run_dir
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit as submit_one
 from nsa.jobs.worker import BEAT_S, recover, run_in_process, worker_alive
-from nsa.study.expand import StudyRun, expand, is_finished, run_folder
+from nsa.study.expand import StudyRun, expand, is_finished
 from nsa.study.results import results_table
 from nsa.study.spec import StudySpec
 
@@ -214,7 +215,7 @@ def job_of(run: StudyRun, store=None):
 
 def study_table(p: StudyPlan):
     """The results table (`nsa.study.results`) of the study's finished runs."""
-    return results_table(run_folder(r.run_id) for r in p.runs if is_finished(r.run_id))
+    return results_table(run_dir(r.run_id) for r in p.runs if is_finished(r.run_id))
 
 
 def _store():

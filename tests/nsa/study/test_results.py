@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from nsa.cli import main
+from nsa.jobs.runs import run_dir
 from nsa.study import load_study, runner
-from nsa.study.expand import run_folder
 from nsa.study.results import COLUMNS, results_table, write_csv
 from nsa_app import study_figures as figures
 from nsa_app.study_report import report_from_table
@@ -31,7 +31,7 @@ def test_table_matches_the_run_folders(tiny_study):
     assert sorted(table["sparsity"].unique()) == [0.3, 0.7]
     assert dict(zip(table["task"], table["group"])) == {"sst2": "sentiment", "rte": "inference"}
     for row in table.itertuples():
-        folder = run_folder(row.run_id)
+        folder = run_dir(row.run_id)
         dense = json.loads((folder / "eval" / "dense" / "summary.json").read_text())["tasks"][row.task]
         pruned = json.loads((folder / "eval" / "pruned" / "summary.json").read_text())["tasks"][row.task]
         assert row.n == 12 == pruned["n"]
