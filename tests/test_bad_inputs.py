@@ -14,10 +14,16 @@ from nsa.cli import build_parser, main
 from nsa.datasets import unregister_task
 from nsa.errors import NSAError
 from nsa.jobs.spec import load_spec, parse_spec
+from nsa.jobs.store import JobStore
+from nsa.jobs.submit import submit
 from tests.conftest import SHARED, cpu_time
 
 STORIES = str(SHARED / "models" / "stories260K")
 REF = SHARED / "reference" / "tiny-llama"
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU: --device cuda is valid")
+LOL = ", ".join(['"lol"'] * 10)
+LAUGHS = ("description:\n  a: &a [" + LOL + "]\n"  # a billion laughs: 9 lists of 10, each of the one before
+          + "".join(f"  {n}: &{n} [{', '.join(['*' + m] * 10)}]\n" for m, n in zip("abcdefgh", "bcdefghi")))
 
 
 def _files(tmp):
@@ -40,6 +46,8 @@ def _files(tmp):
     for name in ("a.gguf", "b.gguf"):
         (two / name).write_bytes(b"GGUF")
     (tmp / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    (tmp / "bomb.yaml").write_text("name: bomb\n" + LAUGHS + "base: {model: demo, prune: {method: wanda}}\n"
+                                   "axes: {sparsity: [0.3, 0.5]}\n")
     return tmp
 
 
@@ -63,7 +71,9 @@ CLI = [  # (argv, pattern the error line must match)
     (P + ["--model", STORIES, "--block-size", "2.5"], r"--block-size: expected an integer"),
     (P + ["--model", STORIES, "--group", "column"], r"--group: must be one of row, layer, block"),
     (P + ["--model", STORIES, "--percdamp", "0.1"], r"--percdamp: unknown option for method wanda"),
-    (P + ["--model", STORIES, "--device", "cuda"], r"--device: this machine has no CUDA GPU"),
+    pytest.param(P + ["--model", STORIES, "--device", "cuda"], r"--device: this machine has no CUDA GPU",
+                 marks=NO_CUDA),
+    (P + ["--model", STORIES, "--device", "cuda:99"], r"--device: .*(no CUDA GPU|'cuda:99' does not exist)"),
     (P + ["--model", STORIES, "--device", "banana"], r"--device: unknown device 'banana'"),
     (P + ["--model", STORIES, "--calib-device", "banana"], r"--calib-device: unknown device"),
     (P + ["--model", STORIES, "--seed", str(2 ** 70)], r"--seed .*must be in"),
@@ -88,7 +98,7 @@ CLI = [  # (argv, pattern the error line must match)
     (E + ["--masks", "{tmp}/nomasks.safetensors"], r"holds no masks"),
     (E + ["--masks", "{tmp}/empty.safetensors"], r"cannot read masks"),
     (E + ["--weights", "{tmp}/calib.safetensors"], r"--weights needs --masks"),
-    (E + ["--device", "cuda"], r"this machine has no CUDA GPU"),
+    pytest.param(E + ["--device", "cuda"], r"this machine has no CUDA GPU", marks=NO_CUDA),
     (E + ["--out", "{tmp}/a_file"], r"is a file: give a folder"),
     (E + ["--prompt", "no fields"], r"--prompt: 'no fields' is neither a preset"),
     (E + ["--num-fewshot", "-2"], r"--num-fewshot: expected an integer"),
@@ -112,10 +122,12 @@ CLI = [  # (argv, pattern the error line must match)
     (["runs", "--delete", "../etc"], r"not a run id"),
     (["study", "{tmp}/nope.yaml"], r"study file .* does not exist"),
     (["study", "{tmp}/a_file", "--max-runs", "0"], r"--max-runs must be a positive integer"),
+    (["study", "{tmp}/bomb.yaml"], r"bomb.yaml: the document expands to far more data than its text"),
 ]
 
 
-@pytest.mark.parametrize("argv, pattern", CLI, ids=[f"{i:02d}-{a[0]}" for i, (a, _) in enumerate(CLI)])
+@pytest.mark.parametrize("argv, pattern", CLI,
+                         ids=[f"{i:02d}-{getattr(c, 'values', c)[0][0]}" for i, c in enumerate(CLI)])
 def test_command_line_bad_input(argv, pattern, tmp_path, capsys):
     _files(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -160,6 +172,19 @@ def test_job_spec_bad_input(change, message):
     assert len(str(err.value)) < 600
 
 
+@NO_CUDA
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_job_spec_is_refused_at_submit_on_a_machine_without_cuda(device, tmp_path, monkeypatch):
+    """The spec parses (where a job runs is not what it computes), but `submit` checks the device for the local
+    worker: queued, the job would wait its turn only to fail in the worker."""
+    monkeypatch.setenv("NSA_CACHE_DIR", str(tmp_path / "cache"))
+    store = JobStore()
+    with pytest.raises(NSAError) as err:
+        submit(BASE | {"device": device}, store, start_worker=False)
+    assert str(err.value).startswith(f"device: this machine has no CUDA GPU for {device!r}"), str(err.value)
+    assert str(err.value).endswith("use cpu") and store.list() == []
+
+
 def test_a_csv_with_a_byte_order_mark_is_accepted(tmp_path, capsys):
     _files(tmp_path)
     try:
@@ -172,9 +197,16 @@ def test_a_csv_with_a_byte_order_mark_is_accepted(tmp_path, capsys):
 
 
 def test_a_yaml_spec_with_non_utf8_bytes_or_an_alias_bomb_is_refused(tmp_path):
+    """Both are refused before the spec is parsed; the bomb (10^9 strings once expanded) within seconds, in a
+    short message."""
     (tmp_path / "s.yaml").write_bytes(b"model: caf\xe9\nprune: {method: wanda}\n")
     with pytest.raises(NSAError, match="not UTF-8 text"):
         load_spec(tmp_path / "s.yaml")
+    (tmp_path / "bomb.yaml").write_text("model: demo\nprune: {method: wanda}\n" + LAUGHS)
+    start = cpu_time()
+    with pytest.raises(NSAError, match="expands to far more data than its text") as err:
+        load_spec(tmp_path / "bomb.yaml")
+    assert cpu_time() - start < 5 and len(str(err.value)) < 2200
 
 
 @pytest.mark.parametrize("command", sorted(build_parser()._subparsers._group_actions[0].choices))
