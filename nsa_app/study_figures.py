@@ -1,7 +1,8 @@
 """The study page's figures (plotly), drawn from the results table and the breakpoint table.
 
 - `accuracy_figure`: accuracy vs sparsity per method (mean over seeds, band = min..max over seeds), one panel per
-  calibration source, the dense accuracy dashed, the sharp dropping point marked with its seed interval.
+  calibration source, the dense accuracy dashed in the dense role's colour, the sharp dropping point marked with its
+  seed interval.
 - `group_drop_figure`: mean drop per task group (sentiment vs the others) at each sparsity, one panel per method,
   error bars = standard deviation over runs and tasks.
 - `calibration_heatmap`: mean drop (over seeds and tasks) for each calibration source × method, one panel per
@@ -13,9 +14,12 @@ import numpy as np
 import pandas as pd
 
 from nsa.study.results import with_method_labels
+from nsa_app.figures import ROLE_COLORS
 
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-GROUP_COLORS = {"sentiment": "#d62728"}
+# Methods and task groups get colours no role has (`figures.ROLE_COLORS`): blue is always the dense model and red
+# the pruned one, on every page, so no method curve can be read as either.
+PALETTE = [c for c in ("#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#000000")
+           if c not in ROLE_COLORS.values()]
 
 
 def accuracy_figure(table: pd.DataFrame, breakpoints: pd.DataFrame | None = None, task: str | None = None):
@@ -52,7 +56,7 @@ def accuracy_figure(table: pd.DataFrame, breakpoints: pd.DataFrame | None = None
             _mark_breakpoint(fig, breakpoints, task, method, source, stats, color, col)
         dense = part["dense_accuracy"].dropna()
         if not dense.empty:
-            fig.add_hline(y=float(dense.mean()), line_dash="dash", line_color="gray", row=1, col=col,
+            fig.add_hline(y=float(dense.mean()), line_dash="dash", line_color=ROLE_COLORS["dense"], row=1, col=col,
                           annotation_text="dense", annotation_position="bottom left")
     fig.update_xaxes(title_text="sparsity")
     fig.update_yaxes(title_text=f"accuracy on {task}", row=1, col=1)
@@ -72,7 +76,7 @@ def group_drop_figure(table: pd.DataFrame):
              .rename(columns={"mean": "drop", "std": "sd"}))
     stats["sd"] = stats["sd"].fillna(0.0)
     groups = sorted(stats["group"].unique(), key=lambda g: (g != "sentiment", g))
-    colors = {g: GROUP_COLORS.get(g, PALETTE[(i + 2) % len(PALETTE)]) for i, g in enumerate(groups)}
+    colors = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}  # sentiment first: always the first
     fig = px.bar(stats, x="sparsity", y="drop", color="group", error_y="sd", facet_col="method", barmode="group",
                  category_orders={"group": groups, "method": _levels(data, "method")}, color_discrete_map=colors,
                  hover_data={"count": True}, labels={"drop": "accuracy drop (dense − pruned)"})

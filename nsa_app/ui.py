@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import runpy
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import streamlit as st
@@ -20,7 +21,7 @@ from nsa.jobs.worker import running_worker
 from nsa.models import hub_suggestions, local_models, looks_local
 from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, allowed_dirs, models_dir
 from nsa_app.figures import to_html, to_png
-from nsa_app.results import ArtifactError, run_label, runs_table, spec
+from nsa_app.results import ArtifactError, dense_vs_chance, run_label, runs_table, spec
 from pruners import PruneError
 
 PAGE_SIZES = (25, 50, 100)
@@ -123,6 +124,19 @@ def chance_banner(summary: dict) -> None:
                    f"answering the commonest class (p = {chance['p_value']:.2f}, exact binomial test). Labels, "
                    "flips and drops on this task describe noise; NSA labels nothing here unless asked "
                    "(label_at_chance).")
+
+
+def dense_chance_banners(pairs: Iterable[tuple[str, str]]) -> None:
+    """`chance_banner` for each (run, task) whose dense model is at chance, from the run's dense evaluation
+    records (`results.dense_vs_chance`, the Accuracy table's check): pages that show tasks without NSA's summary.
+    Runs that share a dense result (one model on the same examples) are flagged once."""
+    seen = set()
+    for run_id, task in pairs:
+        chance = dense_vs_chance(run_id, task)
+        key = (task, tuple(sorted((chance or {}).items())))
+        if key not in seen:
+            seen.add(key)
+            chance_banner({"task": task, "dense_vs_chance": chance})
 
 
 # --- runs --------------------------------------------------------------------------------------------------
@@ -279,6 +293,34 @@ def executor_picker(prefix: str = "") -> Executor:
 def demo_ready() -> bool:
     """The demo model and its data are built (`python -m nsa demo build`)."""
     return (DEMO_MODEL_DIR / "config.json").is_file() and (DEMO_DATA_DIR / "reviews_test.jsonl").is_file()
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a new job's settings start for one kind of model: the Run page's and the Study page's defaults."""
+    sparsity: float
+    calibration: tuple[str, ...]  # the Run page starts on the first; a study sweeps them all
+    tasks: tuple[str, ...]
+    limit: int  # examples per task, 0 = all
+    nsa_task: str
+    prompt: str  # a template of `nsa.datasets.PRESETS`
+
+
+STARTS = {
+    # the demo's own synthetic sets; 70% is where its accuracy visibly falls (Wanda: 8-14 points, docs/demo.md);
+    # all 400 reviews, as labels from 200 did not beat random ablation (docs/nsa.md)
+    "demo": Start(sparsity=0.7, calibration=("demo-generic", "demo-reviews"), tasks=("demo-reviews", "demo-unseen"),
+                  limit=0, nsa_task="demo-reviews", prompt="reference"),
+    # a real model: the papers' usual 50% on C4; 200 SST-2 examples keep a 135M model's job within minutes on a
+    # CPU; the "review" template, with which SmolLM2 scores 0.79 on SST-2 (0.555 with the reference prompt)
+    "real": Start(sparsity=0.5, calibration=("c4",), tasks=("sst2",), limit=200, nsa_task="sst2", prompt="review"),
+}
+
+
+def model_kind(model: str) -> str:
+    """The key of `STARTS` for a model picked by `model_input` (pages key their widgets by it too, so switching
+    model restores that kind's defaults)."""
+    return "demo" if model == "demo" else "real"
 
 
 MODEL_KINDS = ("demo", "models folder", "local folder", "hub id")

@@ -24,11 +24,7 @@ def body() -> None:
         return
     acc = results.accuracy(run_id)
     table = results.accuracy_table(run_id)
-    if "dense above chance" in table:
-        low = table[table["dense above chance"].astype(str).str.startswith("NO")]
-        if not low.empty:
-            st.warning(f"The dense model is not significantly above chance on {', '.join(low['task'])}: drops, "
-                       "flips and neuron labels on those tasks describe noise, not lost ability.")
+    ui.dense_chance_banners((run_id, task) for task in table.get("task", ()))
     for group, part in acc.groupby("group", sort=False):
         st.subheader(group)
         ui.chart(figures.accuracy_bars(part, title=f"{group}: dense vs pruned"), f"accuracy-{group}")

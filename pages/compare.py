@@ -36,6 +36,7 @@ def body() -> None:
 
 def model_section(model: str, run_ids: list[str]) -> None:
     acc = results.compare_accuracy(run_ids)
+    ui.dense_chance_banners(acc[["run_id", "task"]].itertuples(index=False))  # its drops and losses are noise
     st.subheader("Accuracy drop per task, each run against its own dense model")
     if acc.empty:
         st.info("None of these runs evaluated a task.")

@@ -274,6 +274,8 @@ def body() -> None:
     run_id = ui.pick_run()
     if run_id is None:
         return
+    # the labels, shifts and examples here interpret NSA's task: say so when the dense model does not do it
+    ui.chance_banner(results.read_json(run_id, "nsa/summary.json", required=False) or {})
     neuron = ui.param("neuron", None, int, valid=lambda v: v >= 0)
     layer = ui.param("layer", None, int, valid=lambda v: v >= 0)
     if neuron is not None and layer is not None:

@@ -44,8 +44,8 @@ def option_widget(method: str, opt) -> object:
 
 def build_spec() -> dict:
     model = ui.model_input()
-    demo = model == "demo"
-    kind = "demo" if demo else "real"  # widgets keyed by kind: switching model restores that kind's defaults
+    kind = ui.model_kind(model)  # widgets keyed by kind: switching model restores that kind's defaults
+    demo, start = kind == "demo", ui.STARTS[kind]
     left, right = st.columns(2)
     with left:
         st.subheader("Pruner")
@@ -55,12 +55,7 @@ def build_spec() -> dict:
         m = get_method(method)
         if m.help:
             st.caption(m.help)
-        # the demo starts where its accuracy visibly falls (Wanda 70%: 8-14 points, docs/demo.md); other
-        # models at the papers' usual 50% (a separate widget, so switching model restores that default)
-        if demo:
-            sparsity = st.slider("Sparsity", 0.0, 0.95, 0.7, 0.05, key="sparsity-demo")
-        else:
-            sparsity = st.slider("Sparsity", 0.0, 0.95, 0.5, 0.05, key="sparsity")
+        sparsity = st.slider("Sparsity", 0.0, 0.95, start.sparsity, 0.05, key="sparsity-demo" if demo else "sparsity")
         pattern = st.selectbox("Pattern", COMMON_PATTERNS, key="pattern",
                                help="N:M prunes N of every M consecutive weights: the sparsity is then N/M")
         options = {}
@@ -80,10 +75,9 @@ def build_spec() -> dict:
         if m.needs_calibration or get_profile(profile).needs_calibration:
             st.subheader("Calibration")
             sources = list_calibration_sources()
-            # the demo's own sources are synthetic: a real model starts on C4, as the papers do
             spec["calibration"] = {
                 "source": st.selectbox("Source", sources, key=f"calib-source-{kind}",
-                                       index=sources.index("demo-generic" if demo else "c4")),
+                                       index=sources.index(start.calibration[0])),
                 "nsamples": int(st.number_input("nsamples", 1, 4096, 32, key="calib-n")),
                 "seqlen": int(st.number_input("seqlen", 8, 8192, 128, key="calib-seqlen")),
                 "seed": int(st.number_input("seed", 0, 2**31 - 1, 0, key="calib-seed"))}
@@ -93,11 +87,8 @@ def build_spec() -> dict:
         st.subheader("Evaluation")
         real = [t for t in list_tasks() if not get_task(t).synthetic]
         tasks = list_tasks() if demo else real
-        default = ["demo-reviews", "demo-unseen"] if demo else ["sst2"]
-        chosen = st.multiselect("Tasks", tasks, default=[t for t in default if t in tasks], key=f"tasks-{kind}")
-        # the demo's 400 reviews all (labels from 200 did not beat random ablation: docs/nsa.md); 200 examples of
-        # a real task keep a 135M model's job within minutes on a CPU
-        limit = int(st.number_input("Examples per task (0 = all)", 0, 1_000_000, 0 if demo else 200,
+        chosen = st.multiselect("Tasks", tasks, default=[t for t in start.tasks if t in tasks], key=f"tasks-{kind}")
+        limit = int(st.number_input("Examples per task (0 = all)", 0, 1_000_000, start.limit,
                                     key=f"eval-limit-{kind}"))
         if chosen:
             spec["evaluate"] = {"tasks": chosen, "limit": limit or None}
@@ -108,7 +99,7 @@ def build_spec() -> dict:
         if st.checkbox("Run NSA", value=True, key="nsa-on"):
             labelled = [t for t in list_tasks(kind="classification") if demo or not get_task(t).synthetic]
             task = st.selectbox("Labelled task", labelled, key=f"nsa-task-{kind}",
-                                index=labelled.index("demo-reviews" if demo else "sst2"))
+                                index=labelled.index(start.nsa_task))
             spec["nsa"] = {"task": task,
                            "words": st.selectbox("Influential words", ["learned", "gradient"], key="nsa-words"),
                            "options": nsa_options()}
@@ -122,11 +113,11 @@ def build_spec() -> dict:
 
 def prompt_form(kind: str) -> dict | None:
     """How classification tasks are asked; None = each task's reference prompt (lm-evaluation-harness's). A real
-    model starts on the "review" template: SmolLM2 scores 0.79 on SST-2 with it and 0.555 with the reference."""
+    model starts on the "review" template (`ui.STARTS`)."""
     with st.expander("Prompt", expanded=kind == "real"):
         presets = list(PRESETS)
         template = st.selectbox("Template", presets + ["custom"],
-                                index=presets.index("reference" if kind == "demo" else "review"),
+                                index=presets.index(ui.STARTS[kind].prompt),
                                 key=f"prompt-template-{kind}",
                                 format_func=lambda p: f"{p}: {PRESETS[p]!r}" if PRESETS.get(p) else p,
                                 help="applies to the tasks whose rows have its fields; others keep their own prompt")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import streamlit as st
 
 from nsa.calibration import list_calibration_sources
-from nsa.datasets import list_tasks
+from nsa.datasets import PRESETS, list_tasks
 from nsa.errors import NSAError
 from nsa.study import library, runner
 from nsa_app import study_report as report
@@ -17,6 +17,9 @@ from pruners import list_methods
 from pruners.config import COMMON_PATTERNS
 
 SPARSITY_CHOICES = [round(0.1 * k, 1) for k in range(1, 10)]
+# examples per task where the Run page reads all (the demo: NSA's labels need its 400 reviews): a study runs many
+# jobs and no NSA
+STUDY_LIMIT = 100
 
 
 def _tasks() -> list[str]:
@@ -28,23 +31,33 @@ def _pick(options: list[str], wanted: list[str]) -> list[str]:
 
 
 def define_form() -> None:
-    """The study form: the Run page's settings as a base spec, with lists where a study sweeps."""
+    """The study form: the Run page's settings as a base spec, with lists where a study sweeps; it starts where the
+    Run page does for the chosen kind of model (`ui.STARTS`: a real model never starts on the synthetic demo sets).
+    Widgets that depend on the kind are keyed by it, so switching model restores that kind's defaults."""
     model = ui.model_input(prefix="study-")
+    kind = ui.model_kind(model)
+    start = ui.STARTS[kind]
     with st.form("define-study"):
         name = st.text_input("Study name", value="my-study", key="study-name", help="letters, digits, '_', '-' or '.'")
         pattern = st.selectbox("Pattern", COMMON_PATTERNS, key="study-pattern")
         methods = st.multiselect("Methods (axis)", list_methods(), key="study-methods",
                                  default=_pick(list_methods(), ["magnitude", "wanda", "sparsegpt"]))
-        sources = st.multiselect("Calibration sources (axis)", list_calibration_sources(), key="study-sources",
-                                 default=_pick(list_calibration_sources(), ["demo-generic", "demo-reviews"]))
+        sources = st.multiselect("Calibration sources (axis)", list_calibration_sources(), key=f"study-sources-{kind}",
+                                 default=_pick(list_calibration_sources(), list(start.calibration)))
         sparsities = st.multiselect("Sparsities (axis)", SPARSITY_CHOICES, key="study-sparsities", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
         c3, c4, c5 = st.columns(3)
         n_seeds = c3.number_input("Calibration seeds", key="study-seeds", min_value=1, max_value=10, value=3, help="seeds 0..n-1")
         nsamples = c4.number_input("Calibration samples", key="study-nsamples", min_value=1, max_value=1024, value=16)
         seqlen = c5.number_input("Sequence length", key="study-seqlen", min_value=8, max_value=8192, value=128)
-        tasks = st.multiselect("Tasks", _tasks(), key="study-tasks", default=_pick(_tasks(), ["demo-reviews", "demo-unseen"]))
+        tasks = st.multiselect("Tasks", _tasks(), key=f"study-tasks-{kind}", default=_pick(_tasks(), list(start.tasks)))
+        presets = list(PRESETS)
+        template = st.selectbox("Prompt template", presets, index=presets.index(start.prompt),
+                                key=f"study-prompt-{kind}",
+                                format_func=lambda p: f"{p}: {PRESETS[p]!r}" if PRESETS.get(p) else p,
+                                help="applies to the tasks whose rows have its fields; others keep their own prompt")
         c6, c7 = st.columns(2)
-        limit = c6.number_input("Examples per task (0 = all)", key="study-limit", min_value=0, value=100)
+        limit = c6.number_input("Examples per task (0 = all)", key=f"study-limit-{kind}", min_value=0,
+                                value=start.limit or STUDY_LIMIT)
         max_runs = c7.number_input("Run limit (larger grids need confirming)", key="study-max-runs", min_value=1, value=200)
         confirm = st.checkbox("Confirm a grid larger than the run limit", key="study-confirm")
         submitted = st.form_submit_button("Save and run", type="primary")
@@ -54,9 +67,11 @@ def define_form() -> None:
         st.error("Choose a model: the demo model, a local folder or a hub id.")
         return
     base = {"model": model, "prune": {"method": (methods or ["wanda"])[0], "sparsity": 0.5, "pattern": pattern},
-            "calibration": {"source": (sources or ["demo-generic"])[0], "nsamples": int(nsamples),
+            "calibration": {"source": (sources or list(start.calibration))[0], "nsamples": int(nsamples),
                             "seqlen": int(seqlen), "seed": 0},
             "evaluate": {"tasks": tasks, "limit": int(limit) or None}}
+    if template != "reference":  # the reference prompt is a job's default: a spec names only another
+        base["prompt"] = {"template": template}
     axes = {"method": methods, "source": sources, "sparsity": sorted(sparsities), "seed": list(range(int(n_seeds)))}
     try:
         study = library.make_study(name, base, axes, max_runs=int(max_runs))

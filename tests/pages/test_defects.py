@@ -9,7 +9,7 @@ from nsa.jobs import runs
 from nsa.jobs.pipeline import run_job
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa_app import figures, results, ui
+from nsa_app import figures, results, study_figures, study_report, ui
 from nsa_app.ui import readable, safe_csv
 from tests.conftest import small_spec
 from tests.pages.helpers import no_errors, page
@@ -120,6 +120,24 @@ def test_08_and_09_verdicts_state_their_test_and_a_model_at_chance_is_flagged(ru
     assert any("not significantly above chance on sst2" in w.value for w in at.warning)
 
 
+def test_09_every_page_that_interprets_the_task_flags_a_dense_model_at_chance(run_ids, cache_env):
+    """The Neurons page (table and a neuron's view) and the Compare page warn with the Semantics page's sentence
+    (one helper); Compare flags the two runs' shared dense model once."""
+    sentence = "The dense model is not significantly above chance on sst2: accuracy"
+    semantics = [w.value for w in page("pages/semantics.py", run=run_ids[0]).warning if sentence in w.value]
+    assert len(semantics) == 1
+    labels = results.read_table(run_ids[0], "nsa/neuron_labels.jsonl")
+    for params in ({}, {"layer": int(labels.iloc[0]["layer"]), "neuron": int(labels.iloc[0]["index"])}):
+        at = page("pages/neurons.py", run=run_ids[0], **params)
+        no_errors(at)
+        assert [w.value for w in at.warning if sentence in w.value] == semantics
+    at = page("pages/compare.py", runs=",".join(run_ids))
+    no_errors(at)
+    assert [w.value for w in at.warning if sentence in w.value] == semantics
+    at = page("pages/accuracy.py", run=run_ids[0])
+    assert [w.value for w in at.warning if sentence in w.value] == semantics
+
+
 def test_10_numbers_are_rounded_and_lists_are_text():
     import pandas as pd
 
@@ -167,11 +185,46 @@ def test_12_one_colour_per_role_on_every_figure(run_ids, cache_env):
     assert colours == {"dense": figures.ROLE_COLORS["dense"], "pruned": figures.ROLE_COLORS["pruned"]}
 
 
+def test_12_the_study_figures_keep_the_role_colours(tiny_study):
+    """The Study page's dense line has the dense colour; no method curve or task group takes a role's colour."""
+    roles = {figures.ROLE_COLORS["dense"], figures.ROLE_COLORS["pruned"]}
+    assert not roles & set(study_figures.PALETTE)
+    view = study_report.study_report(tiny_study[1])
+    fig = view.accuracy_figure()
+    assert fig.layout.shapes and {s.line.color for s in fig.layout.shapes} == {figures.ROLE_COLORS["dense"]}
+    curves = {t.line.color for t in fig.data if t.mode == "lines+markers"}
+    assert curves and not curves & roles
+    bars = {t.marker.color for t in view.group_figure().data}
+    assert bars and not bars & roles
+
+
 def test_13_a_bad_neuron_link_leads_back(run_ids, cache_env):
     at = page("pages/neurons.py", run=run_ids[0], layer=0, neuron=99999)
     assert not at.exception and "has no neuron 99999" in at.error[0].value
     at.button(key="back").click().run()
     assert not at.exception and any(s.value == "Neurons" for s in at.subheader)
+
+
+def test_13_a_real_model_starts_where_the_run_page_does_on_the_study_page(cache_env, stories_dir):
+    """The study form leaves the synthetic demo sets for a real model: C4 calibration, SST-2 on 200 examples and
+    the "review" prompt, as the Run page (both from `ui.STARTS`)."""
+    at = page("pages/study.py")
+    at.selectbox(key="study-pick").set_value("➕ define a new study").run()
+    assert at.multiselect(key="study-sources-demo").value == ["demo-generic", "demo-reviews"]
+    run = page("pages/run.py")
+    for form, key in ((at, "study-model"), (run, "model")):
+        form.radio(key=f"{key}-kind").set_value("local folder").run()
+        form.text_input(key=f"{key}-path").input(str(stories_dir)).run()
+        no_errors(form)
+    study = {"calibration": at.multiselect(key="study-sources-real").value,
+             "tasks": at.multiselect(key="study-tasks-real").value,
+             "limit": at.number_input(key="study-limit-real").value,
+             "prompt": at.selectbox(key="study-prompt-real").value}
+    assert study == {"calibration": ["c4"], "tasks": ["sst2"], "limit": 200, "prompt": "review"}
+    assert study == {"calibration": [run.selectbox(key="calib-source-real").value],
+                     "tasks": run.multiselect(key="tasks-real").value,
+                     "limit": run.number_input(key="eval-limit-real").value,
+                     "prompt": run.selectbox(key="prompt-template-real").value}
 
 
 @pytest.mark.parametrize("params", [{"min": "5"}, {"p": "-3"}, {"sort": "nope"}, {"layer": "x"}, {"min": "nan"}])

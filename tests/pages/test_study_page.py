@@ -57,13 +57,14 @@ def test_form_refuses_a_large_grid_and_saves_a_finished_one(tiny_study, stories_
     at.text_input(key="study-model-path").set_value(str(stories_dir)).run()
     at.text_input(key="study-name").set_value("tiny-again")
     at.multiselect(key="study-methods").set_value(["wanda"])
-    at.multiselect(key="study-sources").set_value(["sst2"])
+    at.multiselect(key="study-sources-real").set_value(["sst2"])
     at.multiselect(key="study-sparsities").set_value([0.3, 0.7])
-    at.multiselect(key="study-tasks").set_value(["sst2", "rte"])
+    at.multiselect(key="study-tasks-real").set_value(["sst2", "rte"])
     at.number_input(key="study-seeds").set_value(1)
     at.number_input(key="study-nsamples").set_value(4)
     at.number_input(key="study-seqlen").set_value(32)
-    at.number_input(key="study-limit").set_value(12)
+    at.number_input(key="study-limit-real").set_value(12)
+    at.selectbox(key="study-prompt-real").set_value("reference")  # the tiny study asks as lm-eval does
     at.button[0].click().run()
     assert _errors(at) == []
     assert at.query_params["study"] in ("tiny-again", ["tiny-again"])
