@@ -1,11 +1,12 @@
-"""NSA Lab dashboard: `streamlit run app.py`. A multipage app over `nsa`/`pruners`; pages only load and draw."""
+"""NSA Lab dashboard: `streamlit run app.py`. A multipage app over `nsa`/`pruners`; pages only load and draw.
+
+Nothing here touches the network: the HF libraries are switched offline (when the hub is unreachable) in
+`nsa.hub`, where a hub id is first resolved."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import streamlit as st
-
-import nsa  # noqa: F401  (offline switches for the HF hub)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -17,9 +18,8 @@ PAGES = [
     st.Page(str(ROOT / "pages" / "semantics.py"), title="Semantics", url_path="semantics"),
     st.Page(str(ROOT / "pages" / "accuracy.py"), title="Task accuracy", url_path="accuracy"),
     st.Page(str(ROOT / "pages" / "compare.py"), title="Compare", url_path="compare"),
+    st.Page(str(ROOT / "pages" / "study.py"), title="Study", url_path="study"),
 ]
-if (ROOT / "pages" / "study.py").is_file():
-    PAGES.append(st.Page(str(ROOT / "pages" / "study.py"), title="Study", url_path="study"))
 
-st.session_state["nsa_app"] = True  # pages check it (see nsa.ui.guarded)
+st.session_state["nsa_app"] = True  # pages check it (see nsa_app.ui.guarded)
 st.navigation(PAGES).run()
