@@ -228,6 +228,8 @@ def stage_keys(spec: JobSpec) -> dict[str, str]:
     calibration = model | {"calibration": spec.to_dict()["calibration"], "file": inputs.get("calibration")}
     pruned = calibration | {"prune": spec.prune.to_dict()}
     sets = {"sets": spec.eval_sets(), "prompt": spec.prompt.to_dict(), "data": inputs["data"]}
+    if "custom_tasks" in inputs:  # a custom task's labels and prompt (absent otherwise: other keys stay as they were)
+        sets["custom_tasks"] = inputs["custom_tasks"]
     nsa = None if spec.nsa is None else {"nsa": spec.nsa.to_dict(), "words": inputs.get("words")}
     parts = {"calibration": calibration, "dense eval": model | sets, "prune": pruned, "neurons": pruned,
              "pruned eval": pruned | sets, "comparison": pruned | sets, "nsa dense": model | sets | {"nsa": nsa},

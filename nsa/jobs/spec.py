@@ -19,9 +19,10 @@ task on the same example set as `evaluate:` (one evaluation per task and example
 is the evaluation's limit when the task is evaluated too.
 
 The run id is the first 16 hex digits of the digest of the normalised spec (without `device`) and of the
-content of every local input: the model's files, local data files of the tasks, a word list, a calibration
-file (`inputs_key`). The same experiment asked twice — from the CLI, the app or a study — is one run, and an
-edited input is a new one. A spec read back from the store or a run folder is trusted (`JobSpec.stored`).
+content of every local input: the model's files, local data files of the tasks (and how a custom task reads
+its file: labels, fields, prompt), a word list, a calibration file (`inputs_key`). The same experiment asked
+twice — from the CLI, the app or a study — is one run, and an edited input is a new one. A spec read back
+from the store or a run folder is trusted (`JobSpec.stored`).
 """
 from __future__ import annotations
 
@@ -133,6 +134,10 @@ def inputs_key(spec: JobSpec) -> dict:
     out: dict[str, Any] = {"model": local_model_key(spec.model)}
     data = {name: _file_hash(D.data_file(name)) for name in spec.eval_sets()}
     out["data"] = {k: v for k, v in data.items() if v is not None}
+    custom = [D.get_task(name) for name in spec.eval_sets() if D.get_task(name).group == "custom"]
+    if custom:  # re-registered under the same name with other labels or prompt, the same file computes another run
+        out["custom_tasks"] = {t.name: {"label_names": list(t.label_names), "fields": [list(f) for f in t.field_map],
+                                        "prompt": t.prompt} for t in custom}
     if spec.nsa is not None and spec.nsa.words not in ("learned", "gradient"):
         out["words"] = _file_hash(Path(spec.nsa.words))
     if spec.calibration is not None:

@@ -1,9 +1,14 @@
 """Job specs: validation errors name the key path; normalisation makes equal experiments one id."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
+from nsa.datasets import register_custom_task, unregister_task
 from nsa.errors import NSAError
+from nsa.jobs.pipeline import stage_keys
 from nsa.jobs.spec import load_spec, parse_spec
 
 
@@ -145,6 +150,45 @@ def test_equal_computations_have_one_id_and_edited_inputs_a_new_one(stories_dir,
     first = parse_spec(base | {"nsa": {"task": "sst2", "words": str(words)}}).id
     words.write_text('{"negative": ["awful"], "positive": ["good"]}')
     assert parse_spec(base | {"nsa": {"task": "sst2", "words": str(words)}}).id != first
+
+
+def test_a_custom_tasks_data_file_and_registration_are_part_of_the_id(stories_dir, tmp_path):
+    """A spec names a custom task by the name it was registered under (`register_custom_task`, `nsa evaluate
+    --custom`): its rows come from the file, so the id hashes the file's content. An edited file (one label
+    flipped: same size) is a new run; the same rows written again are the same run. The same file registered
+    again with other label names or another prompt computes something else too: a new run, whose stages are not
+    reused from the old one."""
+    data = tmp_path / "mine.csv"
+    rows = "text,label\ngood film,1\nbad film,0\ngreat,1\nawful,0\n"
+    stamp = [time.time_ns() - 10**10]
+
+    def write(text: str) -> None:
+        """Write the file as an editor would, a while after the last save (a new modification time)."""
+        data.write_text(text)
+        stamp[0] += 10**9
+        os.utime(data, ns=(stamp[0], stamp[0]))
+
+    write(rows)
+    register_custom_task(data, ["negative", "positive"], name="mine-id")
+    try:
+        spec = _base(stories_dir) | {"evaluate": {"tasks": ["sst2", "mine-id"], "limit": 8}}
+        first = parse_spec(spec).id
+        assert parse_spec(spec).id == first
+        write(rows.replace("bad film,0", "bad film,1"))
+        flipped = parse_spec(spec).id
+        write(rows + "dull,0\n")
+        longer = parse_spec(spec).id
+        write(rows)
+        assert len({first, flipped, longer}) == 3 and parse_spec(spec).id == first
+        keys = stage_keys(parse_spec(spec))
+        register_custom_task(data, ["positive", "negative"], name="mine-id")
+        swapped, swapped_keys = parse_spec(spec).id, stage_keys(parse_spec(spec))
+        register_custom_task(data, ["negative", "positive"], name="mine-id", prompt="Review: {text}\nSentiment:")
+        prompted = parse_spec(spec).id
+        assert len({first, flipped, longer, swapped, prompted}) == 5
+        assert swapped_keys["dense eval"] != keys["dense eval"] and swapped_keys["prune"] == keys["prune"]
+    finally:
+        unregister_task("mine-id")
 
 
 @pytest.mark.parametrize("text, message", [
