@@ -9,9 +9,12 @@ dequantizes it with the `gguf` package), and written once as an ordinary float32
         config.json, generation_config.json, model.safetensors,   # save_pretrained
         tokenizer.json, tokenizer_config.json, ...                 # the tokenizer rebuilt from the metadata
         gguf.json                                                  # provenance: source, sha256, types, versions
+        manifest.json                                              # size and sha256 of every file, written last
 
-The folder is keyed by content, built in a temporary sibling and renamed into place (`nsa.atomic.atomic_dir`),
-so a killed conversion leaves nothing half-written and a second call returns it at once.
+The folder is an `nsa.artifacts.Entry` of kind "models" keyed by the file's content: built in a temporary
+sibling and swapped into place with its manifest, so a killed conversion leaves nothing half-written; a later
+call verifies it (sizes always, hashes once per process) and returns it, or converts again, saying why, when a
+file was edited, truncated or removed.
 
 The API:
 
@@ -39,7 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from nsa.atomic import atomic_dir
+from nsa.artifacts import Entry
 from nsa.errors import NSAError
 
 # `general.architecture` values accepted, and what they cover. The engine's families are Llama, Mistral, Qwen2,
@@ -54,6 +57,7 @@ SUPPORTED_ARCHITECTURES: dict[str, str] = {
 }
 CONVERTED_PREFIX = "gguf-"
 PROVENANCE_FILE = "gguf.json"
+CONVERTED_FORMAT = 1  # the "models" entry's format
 _FLOAT_TYPES = ("F32", "F16", "BF16")  # stored as plain values, not blocks
 
 Progress = Callable[[float, str], None]
@@ -332,15 +336,30 @@ def converted_dir(cache_root: str | os.PathLike, sha256: str) -> Path:
     return Path(cache_root) / "models" / f"{CONVERTED_PREFIX}{sha256[:16]}"
 
 
-def is_converted(folder: str | os.PathLike, sha256: str | None = None) -> bool:
-    """Whether `folder` is a complete conversion (of the GGUF with this sha256, when given)."""
+def converted_entry(cache_root: str | os.PathLike, sha256: str) -> Entry:
+    """The conversion of the GGUF with this sha256 as a verifiable cache entry (kind "models")."""
+    return Entry(converted_dir(cache_root, sha256), "models", CONVERTED_FORMAT)
+
+
+def conversion_problems(folder: str | os.PathLike, sha256: str | None = None) -> list[str]:
+    """What is wrong with a converted folder ([] = complete, verified against its manifest, and a conversion of
+    the GGUF with this sha256 when given)."""
     folder = Path(folder)
+    problems = Entry(folder, "models", CONVERTED_FORMAT).problems()
+    if problems:
+        return problems
     try:
         meta = json.loads((folder / PROVENANCE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return ((sha256 is None or meta.get("sha256") == sha256) and (folder / "config.json").is_file()
-            and any(folder.glob("*.safetensors")))
+        return [f"{PROVENANCE_FILE} missing or unreadable"]
+    if sha256 is not None and meta.get("sha256") != sha256:
+        return [f"{PROVENANCE_FILE} names another file (sha256 {str(meta.get('sha256'))[:16]})"]
+    return []
+
+
+def is_converted(folder: str | os.PathLike, sha256: str | None = None) -> bool:
+    """Whether `folder` is a complete, unchanged conversion (of the GGUF with this sha256, when given)."""
+    return not conversion_problems(folder, sha256)
 
 
 class _AlreadyConverted(Exception):
@@ -351,7 +370,8 @@ def convert_gguf(file: str | os.PathLike, cache_root: str | os.PathLike, progres
     """The float32 transformers folder converted from this GGUF, under `cache_root/models/gguf-<sha16>`.
 
     The first call dequantizes (about a minute for a 135M-parameter Q4_1 file on 2 cores, ~20 s unloaded)
-    and writes the folder atomically; later calls, in any process, return it after hashing the file.
+    and writes the folder atomically; later calls, in any process, return it after hashing the file and
+    verifying the folder (a folder that no longer verifies is converted again, and `progress` says why).
     `progress(fraction, message)` is called at each step when given. Problems with the file are NSAError.
     """
     report = progress or (lambda fraction, message: None)
@@ -359,10 +379,14 @@ def convert_gguf(file: str | os.PathLike, cache_root: str | os.PathLike, progres
     info = inspect_gguf(file)
     report(0.05, f"hashing {info.path.name} ({info.size / 1e6:.0f} MB)")
     sha = info.sha256
-    target = converted_dir(cache_root, sha)
-    if is_converted(target, sha):
+    entry = converted_entry(cache_root, sha)
+    target = entry.folder
+    problems = conversion_problems(target, sha)
+    if not problems:
         report(1.0, f"already converted: {target}")
         return target
+    if problems != ["missing"]:
+        report(0.05, f"the converted model {target} is bad ({problems[0]}): converting it again")
 
     started = time.monotonic()
     import torch
@@ -416,7 +440,7 @@ def convert_gguf(file: str | os.PathLike, cache_root: str | os.PathLike, progres
         "versions": _versions(),
     }
     try:
-        with atomic_dir(target) as tmp:
+        with entry.build() as tmp:
             dense.save_pretrained(tmp)
             report(0.95, "writing the tokenizer and gguf.json")
             if tokenizer is not None:

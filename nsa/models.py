@@ -23,6 +23,7 @@ from nsa.paths import DEMO_MODEL_DIR, cache_dir, models_dir
 DTYPES = ("float32", "bfloat16", "float16")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 WEIGHT_SUFFIXES = (".json", ".safetensors", ".model", ".txt")
+_UNKEYED = ("gguf.json", "manifest.json")  # a converted GGUF's provenance and manifest: times, not the model
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 MAX_NAME = 1024
@@ -156,7 +157,7 @@ def check_device(device: str) -> None:
 @lru_cache(maxsize=64)
 def _dir_key(path: str, stamp: tuple) -> str:
     parts = [(str(p.relative_to(path)), sha256_file(p)) for p in sorted(Path(path).rglob("*"))
-             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name != "gguf.json"]
+             if p.is_file() and p.suffix in WEIGHT_SUFFIXES and p.name not in _UNKEYED]
     return digest(parts, 16)
 
 

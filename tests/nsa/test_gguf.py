@@ -190,7 +190,7 @@ def test_gguf_without_tokenizer_converts_weights_only(tmp_path):
     assert info.tokenizer is None and info.vocab_size == 269  # from llama.vocab_size
     folder = G.convert_gguf(f, tmp_path / "cache")
     assert {p.name for p in folder.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
-                                                 "gguf.json"}
+                                                 "gguf.json", "manifest.json"}
     assert json.loads((folder / "gguf.json").read_text())["tokenizer"] is False
 
 
@@ -218,6 +218,28 @@ def test_incomplete_folder_is_rebuilt(tmp_path):
     assert not G.is_converted(target)
     assert G.convert_gguf(f, cache) == target and G.is_converted(target)
     assert (target / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "edit"])
+def test_damaged_weights_are_detected_and_reconverted(tmp_path, damage):
+    f = write_tiny_gguf(tmp_path / "x.gguf", qtype="Q8_0")
+    cache = tmp_path / "cache"
+    folder = G.convert_gguf(f, cache)
+    weights = folder / "model.safetensors"
+    good = weights.read_bytes()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["kind"] == "models" and manifest["files"]["model.safetensors"]["size"] == len(good)
+    if damage == "truncate":
+        weights.write_bytes(good[: len(good) // 2])
+    else:  # same size, one byte of tensor data changed: caught by the checksum
+        weights.write_bytes(good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:])
+    assert not G.is_converted(folder)
+    assert G.conversion_problems(folder)[0].startswith("model.safetensors: ")
+    steps = []
+    assert G.convert_gguf(f, cache, progress=lambda frac, msg: steps.append(msg)) == folder
+    said = [m for m in steps if "is bad" in m]
+    assert len(said) == 1 and "model.safetensors" in said[0] and "converting it again" in said[0], steps
+    assert weights.read_bytes() == good and G.is_converted(folder, G.gguf_sha256(f))
 
 
 # ------------------------------------------------------------------------------------------ bad inputs
