@@ -1,4 +1,4 @@
-"""nsa.results on the fixture runs: pagination equals a full sort, histograms count every neuron, corrupt or
+"""nsa_app.results on the fixture runs: pagination equals a full sort, histograms count every neuron, corrupt or
 missing artifacts become ArtifactError, paths typed into the app stay inside the allowed folders."""
 from __future__ import annotations
 
