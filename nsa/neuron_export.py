@@ -40,6 +40,12 @@ CSV_COLUMNS = ["layer", "index", "label", "cluster", "words", "top_selectivity",
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a CSV cell starting so is run by spreadsheets: quoted with '
 
 
+def neutralise(value):
+    """A CSV cell that a spreadsheet would run as a formula, prefixed with ' (numbers and other text untouched):
+    the one rule for every CSV this project writes (the export here and the app's table downloads)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 # --- the run's neuron table --------------------------------------------------------------------------------
 def neuron_table(run_id: str) -> pd.DataFrame:
     """One row per MLP neuron: layer, index, frac_in, frac_out, frac, removed (a structured run removed its whole
@@ -256,8 +262,7 @@ def export_text(records: list[dict], suffix: str) -> str:
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     for row in csv_rows(records):
-        writer.writerow({k: ("'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
-                         for k, v in row.items()})
+        writer.writerow({k: neutralise(v) for k, v in row.items()})
     return buf.getvalue()
 
 

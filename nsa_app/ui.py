@@ -19,6 +19,7 @@ from nsa.jobs.spec import JobSpec, parse_spec
 from nsa.jobs.submit import Submission, submit
 from nsa.jobs.worker import running_worker
 from nsa.models import hub_suggestions, local_models, looks_local
+from nsa.neuron_export import neutralise
 from nsa.paths import DEMO_DATA_DIR, DEMO_MODEL_DIR, allowed_dirs, models_dir
 from nsa_app.figures import to_html, to_png
 from nsa_app.results import ArtifactError, dense_vs_chance, run_label, runs_table, spec
@@ -206,15 +207,12 @@ def _cell(value: Any) -> Any:
     return value
 
 
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def safe_csv(df: pd.DataFrame) -> str:
     """CSV text in which a text cell starting like a spreadsheet formula is prefixed with ' (numbers untouched)."""
     out = df.copy()
     for col in out.columns:
         if _texty(out[col]):
-            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+            out[col] = out[col].map(neutralise)
     return out.to_csv(index=False)
 
 

@@ -10,8 +10,7 @@ import json
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from nsa.jobs.pipeline import run_job
-from nsa.neuron_export import export_text
-from nsa_app.ui import FORMULA_START
+from nsa.neuron_export import FORMULA_START, export_text
 from tests.conftest import ROOT, small_spec
 from tests.pages.helpers import no_errors, page
 
