@@ -51,11 +51,13 @@ KILL_GRACE_S = 3.0
 
 
 def job_threads(default: int) -> int:
-    """Torch threads of a job: `NSA_JOB_THREADS` when set, else `default` (torch's own count, the machine's cores).
+    """Torch threads of a job: `NSA_JOB_THREADS` when set, else `default`.
 
-    The local worker runs one job at a time, so by default a job uses every core (on 2 cores the default SmolLM2
-    job takes 4.1 min with 2 threads against about 6 with 1). Set NSA_JOB_THREADS=1 beside other busy processes:
-    oversubscribed threads can run several times slower. The count is recorded in stats.json, because it can move
+    The background worker's default is 1 thread: beside any other busy process (a second job, the app's own
+    on-demand computations, a test run) torch's threads oversubscribe the cores and a 2-thread job ran 6x slower
+    than with 1 (demo job: 81 s with 1 thread, 490 s with 2, next to one 1-thread job on 2 cores). On a machine
+    that does nothing else, NSA_JOB_THREADS=<cores> is faster (the default SmolLM2 job: 4.1 min with 2 threads).
+    `nsa run` (foreground) keeps torch's own count. The count is recorded in stats.json, because it can move
     masks at exact ties (docs/pruning.md).
     """
     raw = os.environ.get("NSA_JOB_THREADS", "").strip()
@@ -63,8 +65,10 @@ def job_threads(default: int) -> int:
         return max(1, int(default))
     if not raw.isdigit() or int(raw) < 1:
         raise NSAError(f"NSA_JOB_THREADS={raw!r} is not a positive whole number of threads: set it to e.g. 1 or 2, "
-                       "or unset it to use every core")
+                       "or unset it for the default")
     return int(raw)
+
+
 OOM_HINT = ("GPU out of memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
             "evaluate.limit, use dtype float16/bfloat16, or run on a larger GPU (device: cpu works too, slowly)")
 HOST_OOM_HINT = ("out of host memory during stage {stage!r}: lower calibration.nsamples or calibration.seqlen, "
@@ -331,7 +335,7 @@ def child_main(job_id: str, store_path: str, worker_pid: int | None = None) -> N
         _die_with_worker(worker_pid)
     import torch
 
-    torch.set_num_threads(job_threads(torch.get_num_threads()))
+    torch.set_num_threads(job_threads(1))
     store = JobStore(store_path)
     job = store.get(job_id)
     if job is None or job.status != "running":

@@ -170,7 +170,7 @@ def test_job_that_raises_fails_with_its_message(cache, stories_dir, wait, tmp_pa
 
 
 def test_job_threads_default_every_core_and_bad_values_refused(monkeypatch):
-    """A job uses every core unless NSA_JOB_THREADS says otherwise; a bad value is a sentence, not a crash."""
+    """NSA_JOB_THREADS overrides a job's default thread count; a bad value is a sentence, not a crash."""
     monkeypatch.delenv("NSA_JOB_THREADS", raising=False)
     assert job_threads(2) == 2
     monkeypatch.setenv("NSA_JOB_THREADS", " 1 ")
