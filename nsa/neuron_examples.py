@@ -117,12 +117,15 @@ class _Stop(Exception):
 
 def neuron_activations(model, layer: int, index: int, encoded: list[M.Encoded], batch_size: int = 16,
                        progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-    """The neuron's activation at each text position of each encoded text (the forward stops after `layer`)."""
+    """The neuron's activation at each text position of each encoded text, in the given order (the forward stops
+    after `layer`; texts are batched by length, as NSA's passes are, so a batch pads to a few tokens)."""
     sites = neuron_sites(model)
     device = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start:start + batch_size]
+    out: dict[int, np.ndarray] = {}
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))  # longest first, as M.by_length
+    for start in range(0, len(order), batch_size):
+        slots = order[start:start + batch_size]
+        batch = [encoded[i] for i in slots]
         ids, att = M.padded(batch, device)
         got = {}
 
@@ -136,10 +139,10 @@ def neuron_activations(model, layer: int, index: int, encoded: list[M.Encoded], 
                 model.base_model(input_ids=ids, attention_mask=att, use_cache=False)
         except _Stop:
             pass
-        out += [got["acts"][b, e.text_positions].numpy() for b, e in enumerate(batch)]
+        out.update({i: got["acts"][b, encoded[i].text_positions].numpy() for b, i in enumerate(slots)})
         if progress is not None:
             progress(len(batch))
-    return out
+    return [out[i] for i in range(len(encoded))]
 
 
 def _layer_of(name: str) -> int | None:
