@@ -14,7 +14,7 @@ from pruners import PruneConfig, PruneError, prune
 from pruners.apply import apply_result
 from pruners.shrink import check_shrinkable, shrink
 
-from .conftest import REFERENCE, assert_saved_smaller, tiny_model
+from .conftest import REFERENCE, assert_saved_smaller, reference_arithmetic, tiny_model
 
 FLAP_REF = REFERENCE / "flap" / "tiny-mha-hd128"
 RUNS = json.loads((FLAP_REF / "flap.json").read_text())["runs"]
@@ -41,7 +41,11 @@ def test_flap_matches_reference(run, stories_calib):
         assert torch.equal(kept, ref[f"mlp_keep.{i}"].bool())
     biases = {k: v for k, v in ref.items() if k.endswith(".bias")}
     assert set(biases) == set(result.weights)
-    assert all(torch.equal(result.weights[k], v) for k, v in biases.items())
+    if reference_arithmetic():
+        assert all(torch.equal(result.weights[k], v) for k, v in biases.items())
+    else:  # another CPU's matmuls round differently (conftest.OTHER_ARITHMETIC): equal to float32 precision
+        for k, v in biases.items():
+            torch.testing.assert_close(result.weights[k], v, rtol=1e-5, atol=1e-6)
     assert result.stats["overall_sparsity"] == pytest.approx(run["removed_fraction_of_linear_weights"], abs=1e-6)
 
 

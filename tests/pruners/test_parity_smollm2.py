@@ -25,6 +25,8 @@ from transformers import AutoModelForCausalLM
 
 from pruners import PruneConfig, prune
 
+from .conftest import OTHER_ARITHMETIC, reference_arithmetic
+
 REFERENCE = Path(__file__).parent / "reference" / "smollm2"
 RECORDS = json.loads((REFERENCE / "masks.json").read_text())
 DEFAULT_CASES = ["magnitude__2of4", "wanda__unstructured", "sparsegpt__unstructured"]
@@ -56,6 +58,8 @@ def test_the_conversion_gives_the_reference_weights(smollm2_dir):
 @pytest.mark.parametrize("case", CASES)
 def test_masks_hash_to_the_references(smollm2_dir, case):
     method, pattern = case.split("__")
+    if not reference_arithmetic() and method != "magnitude":  # magnitude reads |W| only: exact on any CPU
+        pytest.skip(OTHER_ARITHMETIC)
     torch.set_num_threads(1)  # the references ran on one thread; sums in another order could move near-ties
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     calib = load_file(str(REFERENCE / "calib.safetensors"))["input_ids"]

@@ -14,7 +14,7 @@ from pruners import PruneConfig, PruneError, prune
 from pruners.families import decoder_layers
 from pruners.methods.shortgpt import layers_to_remove
 
-from .conftest import FAMILY_NAMES, REFERENCE, assert_saved_smaller, tiny_model
+from .conftest import FAMILY_NAMES, REFERENCE, assert_saved_smaller, reference_arithmetic, tiny_model
 
 
 @pytest.mark.parametrize("case,model_dir,calib,sparsity", [
@@ -28,7 +28,10 @@ def test_shortgpt_matches_reference(shared_dir, reference_dir, case, model_dir, 
     ids = load_file(str(calib or reference_dir / "calib.safetensors"))["input_ids"]
     result = prune(model, ids, PruneConfig("shortgpt", sparsity))
     info = result.stats["structured"]
-    assert [x.hex() for x in info["block_influence"]] == ref["block_influence_sum_float64_hex"]
+    if reference_arithmetic():
+        assert [x.hex() for x in info["block_influence"]] == ref["block_influence_sum_float64_hex"]
+    else:  # another CPU's matmuls round differently (conftest.OTHER_ARITHMETIC): equal to float32 precision
+        assert info["block_influence"] == pytest.approx(ref["block_influence_sum"], rel=1e-5)
     assert info["order_least_influential_first"] == ref["prune_order_least_important_first"]
     assert info["removed_layers"] == sorted(ref["removed_layers"])
     assert len(decoder_layers(model)) == len(ref["block_influence_sum"])  # masked, not yet removed
