@@ -31,6 +31,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--max-length", type=int, help="context length (default: the model's); longer examples "
                                                   "are truncated from the left and counted")
+    p.add_argument("--ppl-seqlen", type=int, help="perplexity window in tokens (default: the model's "
+                                                  "max_position_embeddings, as Wanda's evaluation); --limit caps "
+                                                  "the number of windows")
     p.add_argument("--custom", action="append", default=[], metavar="FILE",
                    help="a CSV/JSONL with text,label columns to evaluate as a task named after the file")
     p.add_argument("--label-names", default="negative,positive", help="label names of --custom files")
@@ -65,7 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     specs = resolve_tasks(tasks)  # unknown task / bad limit fail before the model loads
     D.check_limit(args.limit)
     prompt = prompt_from_args(args, specs, args.limit)
-    for name in ("batch_size", "max_length"):
+    for name in ("batch_size", "max_length", "ppl_seqlen"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise NSAError(f"--{name.replace('_', '-')} {value}: must be a positive integer")
@@ -79,7 +82,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     asked = [D.prompted(spec, prompt, tokenizer, args.limit) for spec in specs]
     with Bar("evaluate") as bar:
         summary = evaluate(model, tokenizer, asked, limit=args.limit, out_dir=args.out, progress=bar,
-                           batch_size=args.batch_size or DEFAULT_BATCH_SIZE, max_length=args.max_length)
+                           batch_size=args.batch_size or DEFAULT_BATCH_SIZE, max_length=args.max_length, ppl_seqlen=args.ppl_seqlen)
     for name, entry in summary["tasks"].items():
         if entry["kind"] == "perplexity":
             print(f"{name:16s} ppl {entry['ppl']:.3f} ({entry['n_windows']} windows of {entry['seqlen']})")

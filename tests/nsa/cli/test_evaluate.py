@@ -85,3 +85,16 @@ def test_evaluate_with_masks_flag(stories_dir, tmp_path, capsys):
                  str(tmp_path / "cmp.json")]) == 0
     cmp = json.loads((tmp_path / "cmp.json").read_text())["tasks"]["sst2"]
     assert cmp["n"] == 8 and cmp["prediction_changed"] >= 0
+
+
+def test_ppl_seqlen_sets_the_perplexity_window(stories_dir, tmp_path, capsys):
+    """--ppl-seqlen cuts WikiText-2 into windows of that many tokens and --limit caps how many are scored."""
+    rc = main(["evaluate", "--model", str(stories_dir), "--tasks", "wikitext2", "--limit", "3", "--ppl-seqlen", "64",
+               "--out", str(tmp_path / "ppl")])
+    assert rc == 0, capsys.readouterr().err
+    entry = json.loads((tmp_path / "ppl" / "summary.json").read_text())["tasks"]["wikitext2"]
+    assert entry["seqlen"] == 64 and entry["n_windows"] == 3 and entry["ppl"] > 1
+    assert "3 windows of 64" in capsys.readouterr().out
+    assert main(["evaluate", "--model", "x", "--tasks", "wikitext2", "--ppl-seqlen", "0", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--ppl-seqlen 0: must be a positive integer" in capsys.readouterr().err
