@@ -24,6 +24,7 @@ import torch
 from safetensors import safe_open
 
 from nsa.artifacts import Entry, read_jsonl
+from nsa.damage import DamageConfig, DamageReport, damaged_words
 from nsa.datasets import get_task, load_examples, prompt_for
 from nsa.errors import NSAError
 from nsa.jobs import runs
@@ -444,6 +445,23 @@ def words(run_id: str) -> pd.DataFrame:
 def clusters(run_id: str) -> pd.DataFrame:
     df = read_table(run_id, "nsa/clusters.jsonl", required=False)
     return df if df is not None else pd.DataFrame(columns=["level", "name", "cluster", "activation_lost"])
+
+
+def damage(run_id: str, share: float) -> DamageReport | None:
+    """`nsa.damage` on the run's activation shifts (None when NSA ran without masks or labelled nothing)."""
+    shift = read_table(run_id, "nsa/neuron_shift.jsonl", required=False)
+    if shift is None or shift.empty:
+        return None
+    return damaged_words(shift, DamageConfig(share=share))
+
+
+DAMAGE_HELP = {
+    "n_damaged": "labelled neurons among the most damaged whose label names this word (or cluster)",
+    "n_labelled": "all labelled neurons whose label names it",
+    "enrichment": "its share among the damaged ÷ its share among all labelled neurons (>1: over-represented)",
+    "p_value": "one-sided hypergeometric test: as many or more among the damaged by chance",
+    "q_value": "Benjamini-Hochberg over the words tested (those labelling at least 5 neurons)",
+}
 
 
 CLUSTER_HELP = {

@@ -70,6 +70,8 @@ def body() -> None:
         ui.chart(figures.cluster_loss(cl), "cluster-loss")
         ui.table(cl, f"clusters-{run_id}", help=results.CLUSTER_HELP)
 
+    damage_view(run_id)
+
     st.subheader("Validation: ablating labelled vs random neurons")
     val = results.validation(run_id)
     if val.empty:
@@ -77,6 +79,26 @@ def body() -> None:
     else:
         validation_view(run_id, summary, val)
     restore_view(run_id, summary, val)
+
+
+def damage_view(run_id: str) -> None:
+    """Which words label the neurons pruning damaged most (`nsa.damage`)."""
+    st.subheader("Words of the most damaged neurons")
+    share = st.slider("most damaged: top share of labelled neurons by activation lost on their words", 0.01, 0.5,
+                      0.1, 0.01, key="damage-share")
+    report = results.damage(run_id, share)
+    if report is None:
+        st.info("This run has no activation shifts (NSA without masks, or nothing was labelled).")
+        return
+    st.markdown(report.sentence())
+    st.caption(f"{report.n_damaged} of {report.n_labelled} labelled neurons; they lost {report.mean_damage:.0%} of "
+               "their activation on their label words on average. Each word is compared with a random draw of as "
+               "many labelled neurons (one-sided hypergeometric test, Benjamini-Hochberg q over the words).")
+    left, right = st.columns([2, 3])
+    with left:
+        ui.table(report.clusters, f"damage-clusters-{run_id}", help=results.DAMAGE_HELP)
+    with right:
+        ui.table(report.words, f"damage-words-{run_id}", help=results.DAMAGE_HELP)
 
 
 def validation_view(run_id: str, summary: dict, val: pd.DataFrame) -> None:

@@ -4,6 +4,7 @@ label quality, export.
     python -m nsa neurons RUN --layer 3 --neuron 17 [--examples]   # output tokens (logit lens), on-demand examples
     python -m nsa neurons RUN --word terrible                       # neurons that respond to a word
     python -m nsa neurons RUN --quality                             # detection AUC of every NSA label (cached)
+    python -m nsa neurons RUN --damaged [--share 0.1]               # words of the neurons pruning damaged most
     python -m nsa neurons RUN --export neurons.jsonl|neurons.csv    # every neuron (layout: docs/neurons.md)
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from nsa import label_quality as LQ
 from nsa import neuron_examples as NE
 from nsa import neuron_export as NX
 from nsa.cli.bar import Bar
+from nsa.damage import DamageConfig, run_damage
 from nsa.errors import NSAError
 from nsa.jobs.runs import check_run_id, existing_run
 from nsa.logit_lens import check_neuron, top_tokens
@@ -31,6 +33,10 @@ def add_commands(subparsers) -> None:
                    help="with --layer/--neuron: top-activating examples on task prompts and general text (cached)")
     p.add_argument("--word", help="neurons whose NSA matching finds this word significant")
     p.add_argument("--quality", action="store_true", help="detection AUC of every NSA label on held-out examples")
+    p.add_argument("--damaged", action="store_true",
+                   help="words over-represented in the labels of the neurons pruning damaged most (nsa.damage)")
+    p.add_argument("--share", type=float, default=DamageConfig.share,
+                   help="with --damaged: fraction of labelled neurons called most damaged (default 0.1)")
     p.add_argument("--export", metavar="FILE", help="write every neuron to FILE.jsonl or FILE.csv")
     p.add_argument("--no-output-tokens", action="store_true",
                    help="export without output tokens (no model is loaded)")
@@ -46,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
         raise NSAError("--layer and --neuron go together (one neuron)")
     if args.examples and args.layer is None:
         raise NSAError("--examples needs --layer and --neuron")
-    if not any([args.layer is not None, args.word, args.quality, args.export]):
-        raise NSAError("say what to show: --layer L --neuron I, --word W, --quality or --export FILE")
+    if not any([args.layer is not None, args.word, args.quality, args.export, args.damaged]):
+        raise NSAError("say what to show: --layer L --neuron I, --word W, --damaged, --quality or --export FILE")
+    config = DamageConfig(share=args.share)
     if args.word:
         show_search(args.run, args.word)
+    if args.damaged:
+        show_damage(args.run, config)
     needs_model = args.layer is not None or args.quality or (args.export and not args.no_output_tokens)
     if not needs_model:
         return export(args, None, None, None) if args.export else 0
@@ -95,6 +104,13 @@ def show_search(run_id: str, word: str) -> None:
         return
     print(f"{len(found)} neurons respond to '{NX.check_word(word)}' (most selective first):")
     print(found.to_string(index=False, max_rows=40))
+
+
+def show_damage(run_id: str, config: DamageConfig) -> None:
+    report = run_damage(run_id, config)
+    print(report.sentence())
+    print(report.clusters.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(report.words.to_string(index=False, max_rows=30, float_format=lambda v: f"{v:.3g}"))
 
 
 def export(args, model, tokenizer, inputs) -> int:

@@ -254,3 +254,19 @@ def test_launch_with_bad_input_is_a_readable_error(cache_env):
     at.button(key="launch").click().run()
     assert not at.exception
     assert "give a model" in at.error[0].value
+
+
+def test_semantics_page_damaged_words(run_ids, cache_env):
+    """The damaged-words section shows `nsa.damage` on the run's shifts, and the slider changes the share."""
+    rid = run_ids[0]
+    at = page("pages/semantics.py", run=rid)
+    no_errors(at)
+    report = results.damage(rid, 0.1)
+    assert any(m.value == report.sentence() for m in at.markdown)
+    shown = [d.value for d in at.dataframe]
+    assert any(list(df.columns) == list(report.words.columns) and df["word"].tolist() == report.words["word"].tolist()
+               for df in shown)
+    at.slider(key="damage-share").set_value(0.3).run()
+    no_errors(at)
+    wider = results.damage(rid, 0.3)
+    assert wider.n_damaged > report.n_damaged and any(m.value == wider.sentence() for m in at.markdown)

@@ -54,3 +54,11 @@ def test_export_without_nsa_says_so(stories_dir, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert "has no NSA tables" in err and len((tmp_path / "n.csv").read_text().splitlines()) == 5 * 172 + 1
     assert main(["neurons", rid, "--word", "film"]) == 2 and "has no NSA tables" in capsys.readouterr().err
+
+
+def test_damaged_words(run_ids, capsys):
+    assert main(["neurons", run_ids[0], "--damaged", "--share", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "most damaged of" in out and "enrichment" in out and "q_value" in out
+    assert main(["neurons", run_ids[0], "--damaged", "--share", "1.5"]) == 2
+    assert "share 1.5: the fraction of labelled neurons called most damaged" in capsys.readouterr().err
