@@ -64,8 +64,11 @@ class DamageReport:
         return head + f" are labelled by these words more often than labelled neurons overall: {words}."
 
 
-def damaged_words(shift: list[dict] | pd.DataFrame, config: DamageConfig = DamageConfig()) -> DamageReport:
-    """The report for one run's `neuron_shift` records (see the module docstring)."""
+def damaged_words(shift: list[dict] | pd.DataFrame, config: DamageConfig = DamageConfig(),
+                  word_classes: dict[str, str] | None = None) -> DamageReport:
+    """The report for one run's `neuron_shift` records (see the module docstring). A word's `cluster` is its class
+    in the run's word list (`word_classes`, from `nsa/words.jsonl`); without one, the cluster of most labels that
+    name it (a word of one class often labels "mixed" neurons, so the two can differ)."""
     df = pd.DataFrame(shift)
     if df.empty or "shift_rel" not in df:
         raise NSAError("no labelled neuron has an activation shift: the run has no NSA pruned part (NSA without "
@@ -77,7 +80,7 @@ def damaged_words(shift: list[dict] | pd.DataFrame, config: DamageConfig = Damag
     k = max(1, int(round(config.share * n)))
     df["damaged"] = np.arange(n) < k
     return DamageReport(config, n, k, float(df["damage"].iloc[k - 1]), float(df["damage"].iloc[:k].mean()),
-                        _word_table(df, k, config.min_neurons), _cluster_table(df, k))
+                        _word_table(df, k, config.min_neurons, word_classes), _cluster_table(df, k))
 
 
 def run_damage(run_id: str, config: DamageConfig = DamageConfig()) -> DamageReport:
@@ -86,14 +89,18 @@ def run_damage(run_id: str, config: DamageConfig = DamageConfig()) -> DamageRepo
     if path is None:
         raise NSAError(f"run {run_id} has no NSA activation shifts: add NSA to the run (with pruning) to see which "
                        "neurons it damaged")
-    return damaged_words(read_jsonl(path), config)
+    words = run_artifact(run_id, "nsa/words.jsonl", required=False)
+    classes = {r["word"]: r["cluster"] for r in read_jsonl(words)} if words is not None else None
+    return damaged_words(read_jsonl(path), config, classes)
 
 
-def _word_table(df: pd.DataFrame, k: int, min_neurons: int) -> pd.DataFrame:
+def _word_table(df: pd.DataFrame, k: int, min_neurons: int, word_classes: dict[str, str] | None) -> pd.DataFrame:
     long = df[["words", "cluster", "damaged"]].explode("words").rename(columns={"words": "word"}).dropna()
     # one row per word: its neurons overall and in the damaged set; the cluster its labels name most often
     counts = long.groupby("word").agg(n_labelled=("damaged", "size"), n_damaged=("damaged", "sum"),
                                       cluster=("cluster", lambda c: c.value_counts().index[0])).reset_index()
+    if word_classes:
+        counts["cluster"] = counts["word"].map(word_classes).fillna(counts["cluster"])
     n = len(df)
     counts["enrichment"] = (counts["n_damaged"] / k) / (counts["n_labelled"] / n)
     tested = counts["n_labelled"] >= min_neurons

@@ -452,7 +452,9 @@ def damage(run_id: str, share: float) -> DamageReport | None:
     shift = read_table(run_id, "nsa/neuron_shift.jsonl", required=False)
     if shift is None or shift.empty:
         return None
-    return damaged_words(shift, DamageConfig(share=share))
+    listed = words(run_id)
+    classes = dict(zip(listed["word"], listed["cluster"]))
+    return damaged_words(shift, DamageConfig(share=share), classes)
 
 
 DAMAGE_HELP = {

@@ -91,14 +91,13 @@ def damage_view(run_id: str) -> None:
         st.info("This run has no activation shifts (NSA without masks, or nothing was labelled).")
         return
     st.markdown(report.sentence())
-    st.caption(f"{report.n_damaged} of {report.n_labelled} labelled neurons; they lost {report.mean_damage:.0%} of "
-               "their activation on their label words on average. Each word is compared with a random draw of as "
-               "many labelled neurons (one-sided hypergeometric test, Benjamini-Hochberg q over the words).")
-    left, right = st.columns([2, 3])
-    with left:
-        ui.table(report.clusters, f"damage-clusters-{run_id}", help=results.DAMAGE_HELP)
-    with right:
-        ui.table(report.words, f"damage-words-{run_id}", help=results.DAMAGE_HELP)
+    st.caption(f"{report.n_damaged} of {report.n_labelled} labelled neurons; on average they lost "
+               f"{report.mean_damage:.0%} of their activation on their label words (over 100%: the activation "
+               "changed sign). Each word and cluster is compared with a random draw of as many labelled neurons "
+               "(one-sided hypergeometric test; Benjamini-Hochberg q over the words). A word's cluster is its class "
+               "in the word list above.")
+    ui.table(report.clusters, f"damage-clusters-{run_id}", help=results.DAMAGE_HELP)
+    ui.table(report.words, f"damage-words-{run_id}", help=results.DAMAGE_HELP)
 
 
 def validation_view(run_id: str, summary: dict, val: pd.DataFrame) -> None:

@@ -37,6 +37,9 @@ def test_planted_damage_is_found_and_nothing_else():
     clusters = report.clusters.set_index("cluster")
     assert clusters.loc["negative", "share_damaged"] == 1.0 and clusters.loc["negative", "p_value"] < 1e-10
     assert "bad (negative, ×10.0)" in report.sentence()
+    assert report.words.set_index("word").loc["film", "cluster"] == "mixed"  # most of its labels' cluster
+    listed = damaged_words(_records(), DamageConfig(share=0.1), {"film": "positive"})  # the word list's class wins
+    assert listed.words.set_index("word").loc["film", "cluster"] == "positive"
 
 
 def test_no_enriched_word_is_said_plainly():
