@@ -17,6 +17,7 @@ class StudyReport:
     breakpoints: pd.DataFrame
     calibration_effect: pd.DataFrame
     group_effect: pd.DataFrame
+    group_effect_competent: pd.DataFrame = field(default_factory=pd.DataFrame)  # tasks the dense model does
     tasks: list[str] = field(default_factory=list)
     default_task: str | None = None
 
@@ -37,7 +38,9 @@ def study_report(plan: StudyPlan) -> StudyReport:
 def report_from_table(table: pd.DataFrame) -> StudyReport:
     if table.empty:
         empty = pd.DataFrame()
-        return StudyReport(table=table, breakpoints=empty, calibration_effect=empty, group_effect=empty)
+        return StudyReport(table=table, breakpoints=empty, calibration_effect=empty, group_effect=empty,
+                           group_effect_competent=empty)
     return StudyReport(table=table, breakpoints=table_breakpoints(table),
                        calibration_effect=findings.calibration_effect(table), group_effect=findings.group_effect(table),
+                       group_effect_competent=findings.group_effect(table, competent_only=True),
                        tasks=list(dict.fromkeys(table["task"])), default_task=figures.default_task(table))

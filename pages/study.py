@@ -143,6 +143,11 @@ def show_results(name: str, plan) -> None:
     st.markdown("**Is the sentiment drop larger than the other tasks' drop?**")
     ui.chart(view.group_figure(), f"{name}-groups")
     _finding(view.group_effect, "sentiment vs others")
+    below = sorted(set(view.table.loc[view.table["dense_above_chance"].eq(False), "task"]))  # None: not known
+    if below:
+        st.caption("The dense model does not beat the best constant guess on " + ", ".join(below) + " (one-sided "
+                   "binomial test, 0.05): a drop there is noise. The same comparison without those tasks:")
+        _finding(view.group_effect_competent, "sentiment-competent")
     st.markdown("**Does the calibration set change the drop?**")
     ui.chart(view.heatmap(), f"{name}-calibration")
     _finding(view.calibration_effect, "calibration")

@@ -154,7 +154,9 @@ def _results(plan, csv_path: str | None) -> int:
                        "slope_right"]].to_string(index=False))
         for title, frame in (("calibration set effect (drop A − drop B, paired)", findings.calibration_effect(table)),
                              ("sentiment vs other tasks (drop difference, paired per run)",
-                              findings.group_effect(table))):
+                              findings.group_effect(table)),
+                             ("the same, only tasks the dense model does above chance",
+                              findings.group_effect(table, competent_only=True))):
             print(f"\n{title}:")
             print(frame.to_string(index=False) if not frame.empty else f"  n/a: {frame.attrs.get('note')}")
     if csv_path:

@@ -50,10 +50,18 @@ def calibration_effect(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def group_effect(table: pd.DataFrame, focus: str = "sentiment") -> pd.DataFrame:
-    """Per method: mean over runs of (mean drop on `focus` tasks − mean drop on the other tasks)."""
+def group_effect(table: pd.DataFrame, focus: str = "sentiment", competent_only: bool = False) -> pd.DataFrame:
+    """Per method: mean over runs of (mean drop on `focus` tasks − mean drop on the other tasks). With
+    `competent_only`, only tasks the dense model does above chance (`dense_above_chance`) count: a task it does not
+    do can "drop" by minus 50 points when pruning merely moves its label bias (BoolQ on SmolLM2)."""
     cols = ["method", "mean_diff", "ci_low", "ci_high", "n_runs", f"drop_{focus}", "drop_others", "other_groups",
             "verdict"]
+    if competent_only and not table.empty:
+        if "dense_above_chance" not in table:
+            return _empty(cols, "the table does not say which tasks the dense model does above chance")
+        table = table[table["dense_above_chance"].fillna(False).astype(bool)]
+        if table.empty:
+            return _empty(cols, "the dense model does no task above chance")
     if table.empty or not (table["group"] == focus).any():
         return _empty(cols, f"the study has no {focus} task")
     if not (table["group"] != focus).any():

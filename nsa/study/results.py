@@ -17,10 +17,11 @@ import pandas as pd
 from nsa.atomic import write_text
 from nsa.datasets import get_task
 from nsa.errors import NSAError
+from nsa.validation import binomial_tail
 
 GRID_COLUMNS = ["model", "method", "pattern", "profile", "sparsity", "source", "nsamples", "seqlen", "seed"]
 COLUMNS = ["run_id", *GRID_COLUMNS, "task", "group", "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
-           "dense_accuracy", "drop", "drop_ci_low", "drop_ci_high"]
+           "dense_accuracy", "dense_chance", "dense_above_chance", "drop", "drop_ci_low", "drop_ci_high"]
 
 
 def run_coordinates(spec: dict) -> dict:
@@ -43,6 +44,8 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     comp = _read_json(comparison)
     pruned_path = run_dir / "eval" / "pruned" / "summary.json"
     pruned = _read_json(pruned_path).get("tasks", {}) if pruned_path.is_file() else {}
+    dense_path = run_dir / "eval" / "dense" / "summary.json"
+    dense = _read_json(dense_path).get("tasks", {}) if dense_path.is_file() else {}
     coords = run_coordinates(spec)
     rows = []
     for task, entry in comp.get("tasks", {}).items():
@@ -53,6 +56,7 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         rows.append({"run_id": run_dir.name, **coords, "task": task, "group": _group(task, pruned.get(task)),
                      "n": entry.get("n"), "accuracy": entry.get("pruned_acc"), "accuracy_ci_low": acc_ci[0],
                      "accuracy_ci_high": acc_ci[1], "dense_accuracy": entry.get("dense_acc"),
+                     **_competence(entry.get("dense_acc"), entry.get("n"), (dense.get(task) or {}).get("majority_baseline")),
                      "drop": entry.get("drop"), "drop_ci_low": ci[0], "drop_ci_high": ci[1]})
     return rows
 
@@ -63,7 +67,7 @@ def results_table(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=COLUMNS)
     if table.empty:
         return table
-    for col in ("sparsity", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "dense_accuracy", "drop",
+    for col in ("sparsity", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "dense_accuracy", "dense_chance", "drop",
                 "drop_ci_low", "drop_ci_high"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
     order = [c for c in ["model", "method", "profile", "source", "pattern", "nsamples", "seqlen", "sparsity", "seed", "task"]
@@ -86,6 +90,16 @@ def write_csv(table: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     write_text(path, table.to_csv(index=False))
     return path
+
+
+def _competence(acc: float | None, n: int | None, chance: float | None) -> dict:
+    """Does the dense model do this task? Its accuracy against the best constant guess (the majority label's, or
+    the most frequent gold choice's, share of these examples), one-sided exact binomial test at 0.05: the test
+    `nsa.validation.above_chance` applies to NSA's task. A drop on a task the dense model does not do is noise."""
+    if acc is None or not n or chance is None:
+        return {"dense_chance": chance, "dense_above_chance": None}
+    p = binomial_tail(int(round(acc * n)), int(n), float(chance))
+    return {"dense_chance": chance, "dense_above_chance": bool(p < 0.05)}
 
 
 def _group(task: str, entry: dict | None) -> str:

@@ -6,6 +6,7 @@ import shutil
 
 from streamlit.testing.v1 import AppTest
 
+from nsa.study import runner
 from tests.conftest import ROOT
 
 PAGE = str(ROOT / "pages" / "study.py")
@@ -41,6 +42,12 @@ def test_page_shows_a_finished_study(tiny_study, study_cache):
     groups = {t["name"] for t in json.loads(charts[1].proto.spec)["data"]}
     assert groups == {"sentiment", "inference"}
     assert len(at.dataframe) >= 2  # group finding + results table
+    table = runner.study_table(plan)  # stories260K does not beat chance on every task: the page says which
+    below = sorted(set(table.loc[table["dense_above_chance"].eq(False), "task"]))
+    said = [c.value for c in at.caption if "does not beat the best constant guess" in c.value]
+    assert said == ([f"The dense model does not beat the best constant guess on {', '.join(below)} (one-sided "
+                     "binomial test, 0.05): a drop there is noise. The same comparison without those tasks:"]
+                    if below else [])
     assert not [b for b in at.button if b.label in ("Run", "Run the missing runs")]  # nothing left to run
 
 

@@ -73,3 +73,19 @@ def test_owl_runs_are_their_own_method_in_every_finding():
     assert effect.loc["wanda · owl", "mean_diff"] == pytest.approx(0.3, abs=0.01)
     assert (effect["n_runs"] == 2 * 2 * 3).all()  # never pooled
     assert set(calibration_effect(both)["method"]) == {"wanda", "wanda · owl", "magnitude"}
+
+
+def test_group_effect_can_leave_out_tasks_the_dense_model_does_not_do():
+    """A task at or below chance in the dense model "drops" by noise (here −50 points, as BoolQ on SmolLM2):
+    `competent_only` compares sentiment with the other tasks the dense model does."""
+    tasks = (("demo-reviews", "sentiment"), ("rte", "inference"), ("boolq", "inference"))
+    table = _table(calib_gap=0.0, sentiment_gap=0.1, tasks=tasks)
+    table["dense_above_chance"] = table["task"] != "boolq"
+    table.loc[table["task"] == "boolq", "drop"] = -0.5
+    everything = group_effect(table).set_index("method")
+    competent = group_effect(table, competent_only=True).set_index("method")
+    assert everything.loc["wanda", "mean_diff"] > 0.3  # boolq's "gain" inflates the gap
+    assert competent.loc["wanda", "mean_diff"] == pytest.approx(0.1, abs=0.01)
+    assert competent.loc["wanda", "n_runs"] == 12  # 2 sources x 2 sparsities x 3 seeds
+    none = group_effect(table.assign(dense_above_chance=False), competent_only=True)
+    assert none.empty and none.attrs["note"] == "the dense model does no task above chance"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -38,6 +39,10 @@ def test_table_matches_the_run_folders(tiny_study):
         assert row.dense_accuracy == pytest.approx(dense["acc"])  # the harness's own numbers
         assert row.accuracy == pytest.approx(pruned["acc"])
         assert row.drop == pytest.approx(row.dense_accuracy - row.accuracy)
+        assert row.dense_chance == pytest.approx(dense["majority_baseline"])
+        k = round(dense["acc"] * dense["n"])  # the exact binomial tail against the best constant guess, by hand
+        tail = sum(math.comb(12, i) * row.dense_chance ** i * (1 - row.dense_chance) ** (12 - i) for i in range(k, 13))
+        assert row.dense_above_chance == (tail < 0.05)
         assert row.drop_ci_low <= row.drop <= row.drop_ci_high
         assert row.accuracy_ci_low <= row.accuracy <= row.accuracy_ci_high
         assert (row.method, row.source, row.seed, row.nsamples, row.profile) == ("wanda", "sst2", 0, 4, "uniform")
