@@ -88,8 +88,11 @@ def _sentence(what: str, mean: float, lo: float, hi: float, n: int, unit: str, h
               positive_only: bool = False) -> str:
     """"<what>: the drop differs by +2.3 points, 95% interval [+0.4, +4.2] over 12 paired cells: <holds>", plainly
     either way. Drops are accuracy fractions (0.023); the sentence speaks in percentage points (2.3)."""
+    if n == 0:
+        return f"{what}: no {unit} to compare"
     if n < 2 or lo != lo:
-        return f"{what}: {n} {unit}, too few for an interval"
+        one = {"runs": "run", "paired cells": "paired cell"}.get(unit, unit) if n == 1 else unit
+        return f"{what}: the drop differs by {100 * mean:+.1f} points over {n} {one}, too few for an interval"
     shown = (f"{what}: the drop differs by {100 * mean:+.1f} points, 95% interval [{100 * lo:+.1f}, "
              f"{100 * hi:+.1f}] over {n} {unit}")
     if lo > 0 or (hi < 0 and not positive_only):

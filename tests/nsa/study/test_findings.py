@@ -89,3 +89,11 @@ def test_group_effect_can_leave_out_tasks_the_dense_model_does_not_do():
     assert competent.loc["wanda", "n_runs"] == 12  # 2 sources x 2 sparsities x 3 seeds
     none = group_effect(table.assign(dense_above_chance=False), competent_only=True)
     assert none.empty and none.attrs["note"] == "the dense model does no task above chance"
+
+
+def test_one_run_gives_its_difference_without_an_interval():
+    one = _table(calib_gap=0.0, sentiment_gap=0.1)
+    one = one[one["run_id"] == one["run_id"].iloc[0]]
+    verdict = group_effect(one)["verdict"].iloc[0]
+    assert verdict.startswith("wanda: sentiment tasks compared with inference: the drop differs by +10.")
+    assert verdict.endswith("points over 1 run, too few for an interval")
