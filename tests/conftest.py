@@ -40,6 +40,20 @@ def cpu_time() -> float:
     return time.process_time()
 
 
+def pytest_collection_modifyitems(config, items):
+    """README's test command runs two pytest-xdist workers with `--dist loadgroup`: each file is one group, so its
+    module fixtures are built on one worker only, and every file that asks for the real SmolLM2 shares one group,
+    so the session converts the GGUF file once."""
+    files: dict[Path, list] = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    for path, file_items in files.items():
+        uses_smollm2 = any("smollm2_dir" in item.fixturenames for item in file_items)
+        group = "smollm2" if uses_smollm2 else str(path.relative_to(ROOT))
+        for item in file_items:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     assert SHARED.is_dir(), f"../shared not found at {SHARED}"
