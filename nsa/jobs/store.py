@@ -12,6 +12,7 @@ or thread; writers wait up to `BUSY_TIMEOUT_S` for the lock instead of failing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sqlite3
@@ -27,6 +28,10 @@ from nsa.paths import cache_dir
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "running")
 BUSY_TIMEOUT_S = 30.0
+# what SQLite answers while jobs.sqlite, -wal or -shm are deleted under a connection (someone ran `rm jobs.sqlite*`
+# while a worker ran): the call is retried on a recreated store instead of crashing the worker
+VANISHED = ("no such table", "disk i/o error")
+VANISHED_RETRIES = 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -99,6 +104,28 @@ class Job:
         return self.status in ACTIVE
 
 
+def _vanished(err: sqlite3.Error) -> bool:
+    return any(text in str(err).lower() for text in VANISHED)
+
+
+def survives_deletion(method):
+    """Retry a store call that failed because the store file was deleted under it: recreate the tables, run again.
+    A failed call changed nothing it could keep (its transaction rolled back, or it wrote into the deleted file),
+    so running it again is safe."""
+    @functools.wraps(method)
+    def retrying(self, *args, **kwargs):
+        for attempt in range(VANISHED_RETRIES + 1):
+            try:
+                if attempt:
+                    self._init()
+                return method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as err:
+                if attempt == VANISHED_RETRIES or not _vanished(err):
+                    raise
+                time.sleep(0.02 * (attempt + 1))
+    return retrying
+
+
 def default_path() -> Path:
     return cache_dir() / "jobs.sqlite"
 
@@ -123,7 +150,8 @@ class JobStore:
 
     def _init(self) -> None:
         """Switch to WAL and create the tables; retried, because SQLite answers a journal-mode change racing
-        another process's with "database is locked" without waiting for it."""
+        another process's with "database is locked" without waiting for it, and a store being deleted with
+        "disk I/O error"."""
         deadline = time.time() + BUSY_TIMEOUT_S
         while True:
             try:
@@ -134,8 +162,13 @@ class JobStore:
                 st = self.path.stat()
                 self._file = (st.st_dev, st.st_ino)
                 return
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.time() > deadline:
+            except FileNotFoundError:  # deleted again the instant after it was created: create it again
+                if time.time() > deadline:
+                    raise NSAError(f"cannot open the job store {self.path}: it is deleted as soon as it is "
+                                   "created") from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as err:
+                if not ("locked" in str(err) or _vanished(err)) or time.time() > deadline:
                     raise NSAError(f"cannot open the job store {self.path}: {err}") from None
                 time.sleep(0.05)
 
@@ -164,6 +197,7 @@ class JobStore:
             db.execute("COMMIT")
 
     # --- submitting and reading ---------------------------------------------------------------------------
+    @survives_deletion
     def enqueue(self, spec: JobSpec) -> str:
         """Queue `spec` unless it is queued or running; a finished (done, failed, cancelled) job is queued again.
         Returns its id."""
@@ -176,6 +210,7 @@ class JobStore:
                 self._requeue_finished(db, job_id, now)
         return job_id
 
+    @survives_deletion
     def record_done(self, spec: JobSpec, message: str) -> None:
         """A run found complete on disk: its job row says done (created when missing; an active one is left)."""
         now = time.time()
@@ -193,6 +228,7 @@ class JobStore:
                    "cancel_requested=0 WHERE id=?", (now, job_id))
         db.execute("DELETE FROM placements WHERE job_id=?", (job_id,))
 
+    @survives_deletion
     def get(self, job_id: str) -> Job | None:
         """The job with this id, or None when there is none."""
         with self._connect() as db:
@@ -211,6 +247,7 @@ class JobStore:
             raise NSAError(f"job id {job_id!r} is ambiguous: {', '.join(j.id for j in matches)}")
         raise NSAError(f"no job with id {job_id!r} (list them with `python -m nsa jobs`)")
 
+    @survives_deletion
     def list(self, status: str | None = None) -> list[Job]:
         """All jobs (or those with `status`), newest first."""
         with self._connect() as db:
@@ -220,10 +257,12 @@ class JobStore:
                 rows = db.execute("SELECT * FROM jobs ORDER BY created DESC")
             return [_job(r) for r in rows.fetchall()]
 
+    @survives_deletion
     def count(self, status: str) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM jobs WHERE status=?", (status,)).fetchone()[0]
 
+    @survives_deletion
     def cancel(self, job_id: str) -> Job:
         """Cancel a job: a queued one at once, a running one by its worker within seconds."""
         job = self.require(job_id)
@@ -234,6 +273,7 @@ class JobStore:
                        (job.id,))
         return self.get(job.id)
 
+    @survives_deletion
     def delete(self, job_id: str) -> None:
         """Forget a finished job (its run folder is removed with `nsa.jobs.runs.delete_run`)."""
         with self._transaction() as db:
@@ -242,6 +282,7 @@ class JobStore:
                 db.execute("DELETE FROM placements WHERE job_id=?", (job_id,))
 
     # --- the worker's side --------------------------------------------------------------------------------
+    @survives_deletion
     def claim_next(self, worker_pid: int) -> Job | None:
         """Atomically take the oldest queued job and mark it running for `worker_pid`."""
         now = time.time()
@@ -253,6 +294,7 @@ class JobStore:
                        "progress=0, message='', attempts=attempts+1 WHERE id=?", (now, now, worker_pid, row["id"]))
         return self.get(row["id"])
 
+    @survives_deletion
     def claim(self, job_id: str, worker_pid: int) -> bool:
         """Mark this queued job running for `worker_pid` (the foreground `nsa run`); False if not queued."""
         now = time.time()
@@ -262,6 +304,7 @@ class JobStore:
                              "WHERE id=? AND status='queued'", (now, now, worker_pid, job_id))
             return cur.rowcount == 1
 
+    @survives_deletion
     def update(self, job_id: str, stage: str | None = None, progress: float | None = None,
                message: str | None = None) -> None:
         """Progress from the job's process; also refreshes the heartbeat."""
@@ -273,6 +316,7 @@ class JobStore:
         with self._connect() as db:
             db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND status='running'", (*args, job_id))
 
+    @survives_deletion
     def finish(self, job_id: str, status: str, message: str = "", error: str | None = None,
                traceback: str | None = None) -> None:
         """Mark a running job done / failed / cancelled."""
@@ -284,6 +328,7 @@ class JobStore:
                        f"{progress_sql} WHERE id=? AND status='running'",
                        (status, time.time(), message, error, traceback, job_id))
 
+    @survives_deletion
     def restore_running(self, job: Job, worker_pid: int) -> None:
         """Put back the row of a job this worker is running after the store was replaced (its progress and
         outcome then land in the new store instead of nowhere)."""
@@ -295,6 +340,7 @@ class JobStore:
                         worker_pid, job.stage or "starting", job.attempts,
                         "re-registered: the job store was replaced while the job ran"))
 
+    @survives_deletion
     def requeue(self, job_id: str, message: str) -> None:
         with self._connect() as db:
             db.execute("UPDATE jobs SET status='queued', stage='', progress=0, message=?, worker_pid=NULL, "
@@ -304,6 +350,7 @@ class JobStore:
         return self.list("running")
 
     # --- workers ------------------------------------------------------------------------------------------
+    @survives_deletion
     def worker_beat(self, pid: int, job_id: str | None = None) -> None:
         now = time.time()
         with self._connect() as db:
@@ -313,15 +360,18 @@ class JobStore:
             if job_id:
                 db.execute("UPDATE jobs SET heartbeat=? WHERE id=? AND status='running'", (now, job_id))
 
+    @survives_deletion
     def worker_gone(self, pid: int) -> None:
         with self._connect() as db:
             db.execute("DELETE FROM workers WHERE pid=?", (pid,))
 
+    @survives_deletion
     def workers(self) -> list[dict]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM workers ORDER BY started").fetchall()]
 
     # --- where a job runs (written by executors that run jobs on other machines) ------------------------
+    @survives_deletion
     def place(self, job_id: str, executor: str, host: str = "", node: str = "", pid: int | None = None,
               gpus: str = "", attempt: int = 1) -> None:
         """Record where `job_id` runs now (its latest attempt): executor, host, node id, process, GPU ids."""
@@ -330,6 +380,7 @@ class JobStore:
                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (job_id, executor, host, node, pid, gpus, attempt,
                                                           time.time()))
 
+    @survives_deletion
     def placement(self, job_id: str) -> dict | None:
         """Where the job ran or runs ({executor, host, node, pid, gpus, attempt, updated}), None if unrecorded
         (the local worker runs jobs on this machine: see `worker_pid`)."""
@@ -337,6 +388,7 @@ class JobStore:
             row = db.execute("SELECT * FROM placements WHERE job_id=?", (job_id,)).fetchone()
         return dict(row) if row else None
 
+    @survives_deletion
     def placements(self) -> dict[str, dict]:
         """{job id: placement} for every recorded job."""
         with self._connect() as db:

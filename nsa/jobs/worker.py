@@ -30,7 +30,7 @@ from typing import Callable
 
 from nsa.errors import NSAError
 from nsa.jobs.pipeline import run_job
-from nsa.jobs.runs import clean_partial
+from nsa.jobs.runs import clean_partial, run_dir, verify_run
 from nsa.jobs.spec import JobSpec
 from nsa.jobs.store import Job, JobStore
 from nsa.paths import PROJECT_ROOT, cache_dir
@@ -311,6 +311,10 @@ def _supervise(store: JobStore, job: Job, pid: int, stopping: dict) -> str:
         store.requeue(job.id, "re-queued: the worker was stopped")
         return "re-queued"
     code = child.exitcode
+    if code == 0 and not verify_run(job.id):  # finished, but its "done" went into a store deleted under it
+        store.finish(job.id, "done", message=f"run folder {run_dir(job.id)} (re-recorded: the job store was "
+                                             "replaced while the job ran)")
+        return "done"
     why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     if code == -signal.SIGKILL:
         why += " (often the system running out of memory: lower calibration.nsamples, seqlen or evaluate.limit)"

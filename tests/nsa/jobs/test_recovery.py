@@ -120,7 +120,10 @@ def test_deleting_the_store_under_a_running_worker_loses_nothing(cache, long_spe
          "pruning to be under way")
     for suffix in ("", "-wal", "-shm"):
         (cache / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
-    job = wait(lambda: _status(JobStore(), job_id, "done", "failed", "cancelled"), 240, "the job to finish")
+    try:
+        job = wait(lambda: _status(JobStore(), job_id, "done", "failed", "cancelled"), 240, "the job to finish")
+    except AssertionError as err:  # say what the worker did (it used to die of "disk I/O error" here)
+        raise AssertionError(f"{err}; worker exit code {worker.poll()}; its log:\n{workers.logs()}") from None
     assert job.status == "done", workers.logs()
     assert runs.verify_run(job_id) == []
     assert worker.wait(60) == 0, workers.logs()  # the worker ran on and exited when idle

@@ -71,3 +71,38 @@ def test_submit_cancel_resubmit_and_claim(cache, spec):
         store.require("zzzz")
     with pytest.raises(NSAError, match="prune.sparsity"):
         submit({**spec, "prune": {"method": "wanda", "sparsity": 2}}, store, start_worker=False).run_id
+
+
+HAMMER = """
+import os, sys, time
+from nsa.jobs.store import JobStore
+store, errors, end = JobStore(), [], time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        store.worker_beat(os.getpid())
+        store.list("running")
+    except Exception as err:
+        errors.append(f"{type(err).__name__}: {err}")
+print(len(errors), sorted(set(errors))[:3])
+"""
+
+
+def test_deleting_the_store_files_again_and_again_never_fails_a_call(cache):
+    """`rm jobs.sqlite*` under processes that use the store: SQLite answers "disk I/O error" or "no such table" in
+    the instant the files go (before the store retried, 2 processes x 20 s saw ~20 such errors each, one of which
+    crashed a worker mid-job); every call now succeeds on a recreated store."""
+    JobStore()
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, "8"], cwd=ROOT, env=os.environ.copy(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(2.0)  # past their imports
+    deletions = 0
+    while any(p.poll() is None for p in procs):
+        for suffix in ("", "-wal", "-shm"):
+            (cache / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
+        JobStore().list("running")  # another process recreates the file at once, as the app or a submit would
+        deletions += 1
+        time.sleep(0.05)
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert [out.split()[0] for out, _ in outs] == ["0", "0"], outs
+    assert deletions > 50
