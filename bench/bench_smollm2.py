@@ -38,6 +38,8 @@ os.environ.setdefault("NSA_DATA_DIR", str(ROOT.parent / "shared" / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from nsa.jobs.worker import usable_cores  # noqa: E402  (after sys.path: the bench runs from a checkout)
+
 GGUF = ROOT.parent / "shared" / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("magnitude", "wanda", "ria", "sparsegpt", "gblm")
 TARGETS = {"magnitude": 1.3, "wanda": 1.3, "ria": 1.3}
@@ -236,7 +238,8 @@ def bench_job(args) -> dict:
         print(f"\nthe app's default job (SST-2 limit {args.job_limit}, C4 {args.job_nsamples}x128), fresh cache "
               f"{tmp} (models symlinked from {source_models}), "
               f"{'WITHOUT NSA validation, ' if args.job_no_validation else ''}"
-              f"{args.job_threads} torch thread(s); load average {loadavg()}", flush=True)
+              f"{args.job_threads} torch thread(s), OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')}; "
+              f"load average {loadavg()}", flush=True)
         t0 = time.perf_counter()
         out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
         wall = time.perf_counter() - t0
@@ -268,7 +271,8 @@ def main() -> None:
     ap.add_argument("--dense-after", action="store_true", help="time the two passes again after pruning too")
     ap.add_argument("--limit", type=int, default=100, help="SST-2 examples for the evaluation benchmark")
     ap.add_argument("--eval-repeats", type=int, default=2)
-    ap.add_argument("--job-threads", type=int, default=2, help="torch threads of the default job")
+    ap.add_argument("--job-threads", type=int, default=usable_cores(),
+                    help="torch threads of the default job (default: the worker's, every usable core)")
     ap.add_argument("--job-limit", type=int, default=200, help="the app's default 200; smaller for a smoke test")
     ap.add_argument("--job-nsamples", type=int, default=32, help="the app's default 32; smaller for a smoke test")
     ap.add_argument("--job-no-validation", action="store_true",

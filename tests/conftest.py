@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before the HF libraries are impo
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NSA_JOB_THREADS", "1")  # two xdist workers share 2 cores: a job process takes one thread
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -50,15 +50,24 @@ MAX_ATTEMPTS = 2  # a job interrupted by a dead worker is run once more, then fa
 KILL_GRACE_S = 3.0
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or `taskset`'s share)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def job_threads(default: int) -> int:
     """Torch threads of a job: `NSA_JOB_THREADS` when set, else `default`.
 
-    The background worker's default is 1 thread: beside any other busy process (a second job, the app's own
-    on-demand computations, a test run) torch's threads oversubscribe the cores and a 2-thread job ran 6x slower
-    than with 1 (demo job: 81 s with 1 thread, 490 s with 2, next to one 1-thread job on 2 cores). On a machine
-    that does nothing else, NSA_JOB_THREADS=<cores> is faster (the default SmolLM2 job: 4.1 min with 2 threads).
-    `nsa run` (foreground) keeps torch's own count. The count is recorded in stats.json, because it can move
-    masks at exact ties (docs/pruning.md).
+    The background worker's default is every usable core (`usable_cores()`), as torch's own: one job runs at a
+    time, and on a machine that does nothing else that is fastest (the app's default SmolLM2 job on 2 cores:
+    about 4 min with 2 threads, 9.9 min with 1). Beside another busy process (a study run in a terminal, a test
+    run) torch's threads oversubscribe the cores: a 2-thread job ran up to 6x slower than a 1-thread one there
+    (demo job 490 s vs 81 s); set NSA_JOB_THREADS=1 on a shared machine. OMP_WAIT_POLICY=PASSIVE would soften
+    that but costs 24 % on a quiet machine (SmolLM2 forwards, 2 threads: 30.8 s vs 24.9 s), so it is not set.
+    `nsa run` (foreground) keeps torch's own count.
+    The count is recorded in stats.json, because it can move masks at exact ties (docs/pruning.md).
     """
     raw = os.environ.get("NSA_JOB_THREADS", "").strip()
     if not raw:
@@ -339,7 +348,7 @@ def child_main(job_id: str, store_path: str, worker_pid: int | None = None) -> N
         _die_with_worker(worker_pid)
     import torch
 
-    torch.set_num_threads(job_threads(1))
+    torch.set_num_threads(job_threads(usable_cores()))
     store = JobStore(store_path)
     job = store.get(job_id)
     if job is None or job.status != "running":

@@ -16,7 +16,7 @@ from nsa.errors import NSAError
 from nsa.jobs import runs
 from nsa.jobs.store import JobStore
 from nsa.jobs.submit import submit
-from nsa.jobs.worker import ensure_worker, job_threads, run_worker, worker_running
+from nsa.jobs.worker import ensure_worker, job_threads, run_worker, usable_cores, worker_running
 from tests.conftest import ROOT
 
 
@@ -181,3 +181,15 @@ def test_job_threads_default_every_core_and_bad_values_refused(monkeypatch):
             job_threads(2)
         with pytest.raises(NSAError, match="positive whole number"):
             run_worker(once=True)  # refused before the store is opened or a job claimed
+
+
+def test_a_job_uses_every_usable_core_unless_told_otherwise(cache, quick_spec, monkeypatch):
+    """With NSA_JOB_THREADS unset, the worker's job process runs torch on every core this process may use (what
+    makes the app's default SmolLM2 job finish in under 5 minutes on 2 cores); stats.json records the count."""
+    monkeypatch.delenv("NSA_JOB_THREADS", raising=False)
+    store = JobStore()
+    job_id = submit(quick_spec, store, start_worker=False).run_id
+    assert run_worker(store, once=True, log=lambda line: None) == 1
+    assert store.get(job_id).status == "done"
+    stats = json.loads((runs.run_dir(job_id) / "stats.json").read_text())
+    assert stats["versions"]["torch_threads"] == usable_cores() == len(os.sched_getaffinity(0))
