@@ -162,13 +162,9 @@ class JobStore:
                 st = self.path.stat()
                 self._file = (st.st_dev, st.st_ino)
                 return
-            except FileNotFoundError:  # deleted again the instant after it was created: create it again
-                if time.time() > deadline:
-                    raise NSAError(f"cannot open the job store {self.path}: it is deleted as soon as it is "
-                                   "created") from None
-                time.sleep(0.05)
-            except sqlite3.DatabaseError as err:
-                if not ("locked" in str(err) or _vanished(err)) or time.time() > deadline:
+            except (FileNotFoundError, sqlite3.DatabaseError) as err:  # FileNotFoundError: deleted again at once
+                transient = isinstance(err, FileNotFoundError) or "locked" in str(err) or _vanished(err)
+                if not transient or time.time() > deadline:
                     raise NSAError(f"cannot open the job store {self.path}: {err}") from None
                 time.sleep(0.05)
 

@@ -62,7 +62,7 @@ def job_threads(default: int) -> int:
 
     The background worker's default is every usable core (`usable_cores()`), as torch's own: one job runs at a
     time, and on a machine that does nothing else that is fastest (the app's default SmolLM2 job on 2 cores:
-    about 4 min with 2 threads, 9.9 min with 1). Beside another busy process (a study run in a terminal, a test
+    4.1-5.3 min with 2 threads by machine, 9.9 min with 1). Beside another busy process (a study run in a terminal, a test
     run) torch's threads oversubscribe the cores: a 2-thread job ran up to 6x slower than a 1-thread one there
     (demo job 490 s vs 81 s); set NSA_JOB_THREADS=1 on a shared machine. OMP_WAIT_POLICY=PASSIVE would soften
     that but costs 24 % on a quiet machine (SmolLM2 forwards, 2 threads: 30.8 s vs 24.9 s), so it is not set.
